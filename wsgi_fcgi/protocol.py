@@ -1,0 +1,547 @@
+"""FastCGI 1.0 wire format, sans-IO.
+
+Strategy: bytes go in through ``receive_data``, events come out of
+``next_event``; nothing here touches a socket, a clock or a process. Framing
+comes only from records (never from CONTENT_LENGTH), so whatever a peer sends,
+the request boundaries are those the records draw.
+
+``ServerConnection`` is the application side of one transport connection. It
+owns the per-connection state the spec defines (which request id is active,
+which of its streams are still open) and answers the management records the
+spec says a library should answer by itself -- FCGI_GET_VALUES,
+FCGI_UNKNOWN_TYPE, a second request on a busy connection (FCGI_CANT_MPX_CONN)
+and an unsupported role (FCGI_UNKNOWN_ROLE). Those answers are queued and
+handed out by ``data_to_send``.
+
+``ClientConnection`` is the web-server side, used by our client and tests.
+
+Every violation of the protocol raises ``ProtocolError`` with a reason; the
+caller ends that connection and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+# --- constants (spec section 8) -------------------------------------------
+
+FCGI_LISTENSOCK_FILENO = 0
+FCGI_HEADER_LEN = 8
+FCGI_VERSION_1 = 1
+FCGI_NULL_REQUEST_ID = 0
+FCGI_KEEP_CONN = 1
+MAX_CONTENT_LENGTH = 0xFFFF
+
+FCGI_BEGIN_REQUEST = 1
+FCGI_ABORT_REQUEST = 2
+FCGI_END_REQUEST = 3
+FCGI_PARAMS = 4
+FCGI_STDIN = 5
+FCGI_STDOUT = 6
+FCGI_STDERR = 7
+FCGI_DATA = 8
+FCGI_GET_VALUES = 9
+FCGI_GET_VALUES_RESULT = 10
+FCGI_UNKNOWN_TYPE = 11
+FCGI_MAXTYPE = FCGI_UNKNOWN_TYPE
+
+FCGI_RESPONDER = 1
+FCGI_AUTHORIZER = 2
+FCGI_FILTER = 3
+ROLE_NAMES = {FCGI_RESPONDER: "RESPONDER", FCGI_AUTHORIZER: "AUTHORIZER", FCGI_FILTER: "FILTER"}
+
+FCGI_REQUEST_COMPLETE = 0
+FCGI_CANT_MPX_CONN = 1
+FCGI_OVERLOADED = 2
+FCGI_UNKNOWN_ROLE = 3
+
+FCGI_MAX_CONNS = "FCGI_MAX_CONNS"
+FCGI_MAX_REQS = "FCGI_MAX_REQS"
+FCGI_MPXS_CONNS = "FCGI_MPXS_CONNS"
+
+HEADER = struct.Struct("!BBHHBx")
+BEGIN_REQUEST_BODY = struct.Struct("!HB5x")
+END_REQUEST_BODY = struct.Struct("!IB3x")
+UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
+
+_PADDING = bytes(7)
+_APPLICATION_TYPES = frozenset(
+    (FCGI_BEGIN_REQUEST, FCGI_ABORT_REQUEST, FCGI_END_REQUEST, FCGI_PARAMS,
+     FCGI_STDIN, FCGI_STDOUT, FCGI_STDERR, FCGI_DATA)
+)
+
+
+class ProtocolError(Exception):
+    """The peer broke the FastCGI protocol; the connection must be closed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps checked against declared lengths before anything is allocated."""
+
+    max_params_bytes: int = 256 * 1024
+    max_params_count: int = 1000
+    max_name_length: int = 1024
+    max_value_length: int = 128 * 1024
+
+
+# --- events ----------------------------------------------------------------
+
+@dataclass
+class Record:
+    """One raw record: what the framing layer yields."""
+
+    type: int
+    request_id: int
+    content: bytes
+
+
+@dataclass
+class BeginRequest:
+    request_id: int
+    role: int
+    keep_conn: bool
+
+
+@dataclass
+class Params:
+    """The complete PARAMS stream of a request, decoded as latin-1, wire order kept."""
+
+    request_id: int
+    pairs: List[Tuple[str, str]]
+
+
+@dataclass
+class StdinData:
+    request_id: int
+    data: bytes
+
+
+@dataclass
+class StdinEnd:
+    request_id: int
+
+
+@dataclass
+class DataData:
+    """A chunk of the FILTER role's FCGI_DATA stream."""
+
+    request_id: int
+    data: bytes
+
+
+@dataclass
+class DataEnd:
+    request_id: int
+
+
+@dataclass
+class AbortRequest:
+    request_id: int
+
+
+@dataclass
+class ConnectionClosed:
+    """The peer closed its side. Between requests this is normal."""
+
+
+# events for the client side
+@dataclass
+class Stdout:
+    request_id: int
+    data: bytes  # b"" marks the end of the stream
+
+
+@dataclass
+class Stderr:
+    request_id: int
+    data: bytes  # b"" marks the end of the stream
+
+
+@dataclass
+class EndRequest:
+    request_id: int
+    app_status: int
+    protocol_status: int
+
+
+@dataclass
+class GetValuesResult:
+    values: Dict[str, str]
+
+
+@dataclass
+class UnknownType:
+    type: int
+
+
+ServerEvent = Union[BeginRequest, Params, StdinData, StdinEnd, DataData, DataEnd,
+                    AbortRequest, ConnectionClosed]
+ClientEvent = Union[Stdout, Stderr, EndRequest, GetValuesResult, UnknownType, ConnectionClosed]
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+"""Returned by ``next_event`` when more bytes must be received first."""
+
+
+# --- encoders --------------------------------------------------------------
+
+def encode_record(record_type: int, request_id: int, content: bytes = b"") -> bytes:
+    """One record, padded to a multiple of 8 bytes. ``content`` must fit in one record."""
+    length = len(content)
+    if length > MAX_CONTENT_LENGTH:
+        raise ValueError("record content longer than 65535 bytes")
+    padding = -length & 7
+    return HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding) + content + _PADDING[:padding]
+
+
+def encode_stream(record_type: int, request_id: int, data: bytes) -> List[bytes]:
+    """Buffers holding ``data`` as records of at most 65535 bytes each (no end record).
+
+    The payload is referenced through memoryviews, never copied, so the list can be
+    handed to ``socket.sendmsg`` as it is.
+    """
+    out: List[bytes] = []
+    view = memoryview(data)
+    total = len(data)
+    pos = 0
+    while pos < total:
+        length = min(total - pos, MAX_CONTENT_LENGTH)
+        padding = -length & 7
+        out.append(HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding))
+        out.append(view[pos:pos + length])  # type: ignore[arg-type]
+        if padding:
+            out.append(_PADDING[:padding])
+        pos += length
+    return out
+
+
+def encode_end_request(request_id: int, app_status: int = 0,
+                       protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
+    return encode_record(FCGI_END_REQUEST, request_id,
+                         END_REQUEST_BODY.pack(app_status & 0xFFFFFFFF, protocol_status))
+
+
+def encode_begin_request(request_id: int, role: int = FCGI_RESPONDER, keep_conn: bool = False) -> bytes:
+    flags = FCGI_KEEP_CONN if keep_conn else 0
+    return encode_record(FCGI_BEGIN_REQUEST, request_id, BEGIN_REQUEST_BODY.pack(role, flags))
+
+
+def _encode_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes((length,))
+    if length > 0x7FFFFFFF:
+        raise ValueError("name or value longer than 2**31-1 bytes")
+    return struct.pack("!I", length | 0x80000000)
+
+
+def encode_pairs(pairs: Iterable[Tuple[bytes, bytes]]) -> bytes:
+    """Name-value pairs (spec 3.4) with 1- or 4-byte lengths."""
+    parts: List[bytes] = []
+    for name, value in pairs:
+        parts += (_encode_length(len(name)), _encode_length(len(value)), name, value)
+    return b"".join(parts)
+
+
+def encode_params(request_id: int, pairs: Iterable[Tuple[bytes, bytes]]) -> bytes:
+    """A whole PARAMS stream, end record included."""
+    return b"".join(encode_stream(FCGI_PARAMS, request_id, encode_pairs(pairs))) + \
+        encode_record(FCGI_PARAMS, request_id)
+
+
+def decode_pairs(content: bytes, limits: Optional[Limits] = None) -> List[Tuple[str, str]]:
+    """Decode a complete name-value stream into latin-1 strings (PEP 3333's rule).
+
+    Declared lengths are checked against the remaining bytes and ``limits``
+    before any slice is taken, so a 4-byte length claiming 2 GiB costs nothing.
+    """
+    limits = limits or _DEFAULT_LIMITS
+    # latin-1 maps every byte to one code point, so one decode of the whole
+    # buffer lets names and values be sliced out as str with no per-pair decode.
+    text = content.decode("latin-1")
+    end = len(text)
+    pos = 0
+    pairs: List[Tuple[str, str]] = []
+    max_name = limits.max_name_length
+    max_value = limits.max_value_length
+    while pos < end:
+        name_len = ord(text[pos])
+        if name_len & 0x80:
+            if pos + 4 > end:
+                raise ProtocolError("truncated name length in name-value pair")
+            name_len = struct.unpack_from("!I", content, pos)[0] & 0x7FFFFFFF
+            pos += 4
+        else:
+            pos += 1
+        if pos >= end:
+            raise ProtocolError("truncated value length in name-value pair")
+        value_len = ord(text[pos])
+        if value_len & 0x80:
+            if pos + 4 > end:
+                raise ProtocolError("truncated value length in name-value pair")
+            value_len = struct.unpack_from("!I", content, pos)[0] & 0x7FFFFFFF
+            pos += 4
+        else:
+            pos += 1
+        if name_len > max_name:
+            raise ProtocolError(f"parameter name of {name_len} bytes exceeds the limit of {max_name}")
+        if value_len > max_value:
+            raise ProtocolError(f"parameter value of {value_len} bytes exceeds the limit of {max_value}")
+        value_start = pos + name_len
+        value_end = value_start + value_len
+        if value_end > end:
+            raise ProtocolError("name-value pair runs past the end of the stream")
+        pairs.append((text[pos:value_start], text[value_start:value_end]))
+        if len(pairs) > limits.max_params_count:
+            raise ProtocolError(f"more than {limits.max_params_count} parameters")
+        pos = value_end
+    return pairs
+
+
+_DEFAULT_LIMITS = Limits()
+
+
+# --- framing -----------------------------------------------------------------
+
+class RecordReader:
+    """Turns a byte stream, split anywhere, into ``Record`` objects."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._eof = False
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes; ``b""`` means the peer closed its side."""
+        if not data:
+            self._eof = True
+        else:
+            self._buffer += data
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def next_record(self) -> Optional[Record]:
+        """The next complete record, or None if more bytes are needed."""
+        buf = self._buffer
+        if len(buf) < FCGI_HEADER_LEN:
+            if self._eof and buf:
+                raise ProtocolError("connection closed inside a record header")
+            return None
+        version, record_type, request_id, length, padding = HEADER.unpack_from(buf)
+        if version != FCGI_VERSION_1:
+            raise ProtocolError(f"unsupported FastCGI version {version}")
+        total = FCGI_HEADER_LEN + length + padding
+        if len(buf) < total:
+            if self._eof:
+                raise ProtocolError("connection closed inside a record")
+            return None
+        content = bytes(buf[FCGI_HEADER_LEN:FCGI_HEADER_LEN + length])
+        del buf[:total]
+        return Record(record_type, request_id, content)
+
+
+# --- application side ----------------------------------------------------------
+
+@dataclass
+class _ActiveRequest:
+    request_id: int
+    role: int
+    params: bytearray = field(default_factory=bytearray)
+    params_done: bool = False
+    stdin_done: bool = False
+    data_done: bool = False
+
+
+class ServerConnection:
+    """Application-side state machine of one FastCGI transport connection.
+
+    ``max_conns`` and ``max_reqs`` are what FCGI_GET_VALUES reports: the real
+    capacity of the process pool behind the listening socket. This connection
+    never multiplexes, so FCGI_MPXS_CONNS is always "0".
+    """
+
+    def __init__(self, *, max_conns: int = 1, max_reqs: int = 1,
+                 roles: Sequence[int] = (FCGI_RESPONDER, FCGI_AUTHORIZER, FCGI_FILTER),
+                 limits: Optional[Limits] = None) -> None:
+        self.limits = limits or _DEFAULT_LIMITS
+        self.roles = frozenset(roles)
+        self.values = {FCGI_MAX_CONNS: str(max_conns), FCGI_MAX_REQS: str(max_reqs), FCGI_MPXS_CONNS: "0"}
+        self._reader = RecordReader()
+        self._active: Optional[_ActiveRequest] = None
+        self._outgoing: List[bytes] = []
+        self.closed = False
+
+    # input side
+    def receive_data(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    @property
+    def active_request_id(self) -> Optional[int]:
+        return self._active.request_id if self._active else None
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return self._reader.buffered > 0
+
+    def next_event(self) -> Union[ServerEvent, _NeedData]:
+        """Process records until one yields an event for the application."""
+        while True:
+            record = self._reader.next_record()
+            if record is None:
+                if self._reader.eof:
+                    self.closed = True
+                    return ConnectionClosed()
+                return NEED_DATA
+            event = self._handle(record)
+            if event is not None:
+                return event
+
+    def data_to_send(self) -> bytes:
+        """Replies the protocol layer produced on its own (management, rejections)."""
+        if not self._outgoing:
+            return b""
+        out = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    # output side: the only outgoing record that changes state
+    def end_request(self, request_id: int, app_status: int = 0,
+                    protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
+        """END_REQUEST for the active request; its id becomes inactive."""
+        if self._active is not None and self._active.request_id == request_id:
+            self._active = None
+        return encode_end_request(request_id, app_status, protocol_status)
+
+    # record dispatch
+    def _handle(self, record: Record) -> Optional[ServerEvent]:
+        rtype, rid = record.type, record.request_id
+        if rid == FCGI_NULL_REQUEST_ID:
+            return self._handle_management(record)
+        if rtype not in _APPLICATION_TYPES:
+            raise ProtocolError(f"record type {rtype} with request id {rid}")
+        if rtype == FCGI_BEGIN_REQUEST:
+            return self._begin(record)
+        active = self._active
+        if active is None or active.request_id != rid:
+            # The spec: records for an inactive request id are ignored.
+            if rtype in (FCGI_STDOUT, FCGI_STDERR, FCGI_END_REQUEST):
+                raise ProtocolError(f"record type {rtype} is sent by applications, not to them")
+            return None
+        if rtype == FCGI_PARAMS:
+            return self._params(active, record.content)
+        if rtype == FCGI_STDIN:
+            return self._stream(active, record.content, "stdin")
+        if rtype == FCGI_DATA:
+            return self._stream(active, record.content, "data")
+        if rtype == FCGI_ABORT_REQUEST:
+            return AbortRequest(rid)
+        raise ProtocolError(f"record type {rtype} is sent by applications, not to them")
+
+    def _handle_management(self, record: Record) -> None:
+        if record.type == FCGI_GET_VALUES:
+            names = [name for name, _ in decode_pairs(record.content, self.limits)]
+            known = [(n.encode("latin-1"), self.values[n].encode("latin-1")) for n in names if n in self.values]
+            self._outgoing.append(encode_record(FCGI_GET_VALUES_RESULT, 0, encode_pairs(known)))
+        elif record.type in _APPLICATION_TYPES:
+            raise ProtocolError(f"record type {record.type} needs a non-zero request id")
+        else:
+            self._outgoing.append(encode_record(FCGI_UNKNOWN_TYPE, 0, UNKNOWN_TYPE_BODY.pack(record.type & 0xFF)))
+        return None
+
+    def _begin(self, record: Record) -> Optional[BeginRequest]:
+        if len(record.content) != BEGIN_REQUEST_BODY.size:
+            raise ProtocolError(f"BEGIN_REQUEST body of {len(record.content)} bytes, expected 8")
+        role, flags = BEGIN_REQUEST_BODY.unpack(record.content)
+        rid = record.request_id
+        if self._active is not None:
+            if self._active.request_id == rid:
+                raise ProtocolError(f"BEGIN_REQUEST for request {rid}, which is already active")
+            self._outgoing.append(encode_end_request(rid, 0, FCGI_CANT_MPX_CONN))
+            return None
+        if role not in self.roles:
+            self._outgoing.append(encode_end_request(rid, 0, FCGI_UNKNOWN_ROLE))
+            return None
+        self._active = _ActiveRequest(rid, role)
+        return BeginRequest(rid, role, bool(flags & FCGI_KEEP_CONN))
+
+    def _params(self, active: _ActiveRequest, content: bytes) -> Optional[Params]:
+        if active.params_done:
+            raise ProtocolError("PARAMS record after the end of the PARAMS stream")
+        if content:
+            if len(active.params) + len(content) > self.limits.max_params_bytes:
+                raise ProtocolError(f"PARAMS exceed the limit of {self.limits.max_params_bytes} bytes")
+            active.params += content
+            return None
+        active.params_done = True
+        pairs = decode_pairs(bytes(active.params), self.limits)
+        active.params = bytearray()
+        return Params(active.request_id, pairs)
+
+    def _stream(self, active: _ActiveRequest, content: bytes, which: str) -> ServerEvent:
+        if not active.params_done:
+            raise ProtocolError(f"{which.upper()} record before the end of the PARAMS stream")
+        if which == "stdin":
+            if active.stdin_done:
+                raise ProtocolError("STDIN record after the end of the STDIN stream")
+            if content:
+                return StdinData(active.request_id, content)
+            active.stdin_done = True
+            return StdinEnd(active.request_id)
+        if active.role != FCGI_FILTER:
+            raise ProtocolError("DATA record for a request that is not in the FILTER role")
+        if active.data_done:
+            raise ProtocolError("DATA record after the end of the DATA stream")
+        if content:
+            return DataData(active.request_id, content)
+        active.data_done = True
+        return DataEnd(active.request_id)
+
+
+# --- web-server side (client) ------------------------------------------------
+
+class ClientConnection:
+    """Web-server side: parses what an application sends back."""
+
+    def __init__(self) -> None:
+        self._reader = RecordReader()
+
+    def receive_data(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def next_event(self) -> Union[ClientEvent, _NeedData]:
+        record = self._reader.next_record()
+        if record is None:
+            return ConnectionClosed() if self._reader.eof else NEED_DATA
+        rtype = record.type
+        if rtype == FCGI_STDOUT:
+            return Stdout(record.request_id, record.content)
+        if rtype == FCGI_STDERR:
+            return Stderr(record.request_id, record.content)
+        if rtype == FCGI_END_REQUEST:
+            if len(record.content) != END_REQUEST_BODY.size:
+                raise ProtocolError("END_REQUEST body is not 8 bytes")
+            app_status, protocol_status = END_REQUEST_BODY.unpack(record.content)
+            return EndRequest(record.request_id, app_status, protocol_status)
+        if rtype == FCGI_GET_VALUES_RESULT:
+            return GetValuesResult(dict(decode_pairs(record.content)))
+        if rtype == FCGI_UNKNOWN_TYPE:
+            if len(record.content) != UNKNOWN_TYPE_BODY.size:
+                raise ProtocolError("UNKNOWN_TYPE body is not 8 bytes")
+            return UnknownType(record.content[0])
+        raise ProtocolError(f"record type {rtype} is not sent by applications")

@@ -1,0 +1,197 @@
+"""Listening sockets: bind specs, the inherited fd-0 socket, socket file hygiene.
+
+Strategy: every address a user can write (``unix:PATH``, ``HOST:PORT``,
+``[IPV6]:PORT``, ``fd://N``) is parsed once into an ``Address``; binding and
+connecting both start from it. A web server that spawns us (mod_fcgid,
+lighttpd ``bin-path``, spawn-fcgi) hands over a listening socket as fd 0
+(FCGI_LISTENSOCK_FILENO); ``inherited_listener`` detects it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+DEFAULT_TCP_ADDRESS = "127.0.0.1:9000"
+
+
+class AddressError(ValueError):
+    """A bind or connect address that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Address:
+    family: int
+    # unix: the path; inet: (host, port); fd: the descriptor number
+    target: Union[str, Tuple[str, int], int]
+    spec: str
+
+    @property
+    def is_unix(self) -> bool:
+        return self.family == socket.AF_UNIX
+
+    @property
+    def is_fd(self) -> bool:
+        return isinstance(self.target, int)
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def parse_address(spec: str) -> Address:
+    """``unix:PATH`` | ``HOST:PORT`` | ``[IPV6]:PORT`` | ``fd://N`` -> Address."""
+    spec = spec.strip()
+    if spec.startswith("unix:"):
+        path = spec[len("unix:"):]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise AddressError(f"{spec!r}: unix: needs a socket path")
+        return Address(socket.AF_UNIX, path, spec)
+    if spec.startswith("fd://"):
+        number = spec[len("fd://"):]
+        if not number.isdigit():
+            raise AddressError(f"{spec!r}: fd:// needs a file descriptor number")
+        return Address(socket.AF_UNIX, int(number), spec)  # family fixed up when adopted
+    if spec.startswith("tcp://"):
+        spec = spec[len("tcp://"):]
+    if spec.startswith("["):
+        host, sep, port = spec[1:].partition("]:")
+        if not sep:
+            raise AddressError(f"{spec!r}: an IPv6 address is written [ADDR]:PORT")
+        family = socket.AF_INET6
+    else:
+        host, sep, port = spec.rpartition(":")
+        if not sep:
+            raise AddressError(f"{spec!r}: expected unix:PATH, HOST:PORT, [IPV6]:PORT or fd://N")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise AddressError(f"{spec!r}: {port!r} is not a port number")
+    return Address(family, (host or "127.0.0.1", int(port)), spec)
+
+
+def is_loopback(address: Address) -> bool:
+    """True for unix sockets and TCP addresses on the loopback interface."""
+    if address.is_unix or address.is_fd:
+        return True
+    host = address.target[0]  # type: ignore[index]
+    if host == "localhost":
+        return True
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(address: Address, *, backlog: int = 1024, socket_mode: Optional[int] = 0o660) -> socket.socket:
+    """A listening socket for ``address``. A stale unix socket file is replaced,
+    one that a live server still answers on is not."""
+    if address.is_fd:
+        return adopt_fd(address.target)  # type: ignore[arg-type]
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        if address.is_unix:
+            path = address.target
+            assert isinstance(path, str)
+            _remove_stale_unix_socket(path)
+            sock.bind(path)
+            if socket_mode is not None:
+                os.chmod(path, socket_mode)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if address.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address.target)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise AddressError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise AddressError(f"cannot listen on unix:{path}: the path exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: left over from a crash
+        return
+    finally:
+        probe.close()
+    raise AddressError(f"cannot listen on unix:{path}: another server is listening there")
+
+
+def adopt_fd(fd: int) -> socket.socket:
+    """Wrap an inherited listening socket; the family is read from the socket."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise AddressError(f"fd://{fd} is not a socket: {exc.strerror or exc}") from None
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise AddressError(f"fd://{fd} is not a listening socket")
+    sock.set_inheritable(False)
+    return sock
+
+
+def inherited_listener() -> Optional[socket.socket]:
+    """The listening socket on fd 0 that a spawning web server left us, if any.
+
+    The spec's test is getpeername() failing with ENOTCONN; SO_ACCEPTCONN says
+    the same thing more directly and rejects a connected or non-stream socket.
+    """
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(mode):
+        return None
+    probe = socket.socket(fileno=os.dup(0))
+    try:
+        listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as exc:
+        if exc.errno != errno.ENOTSOCK:
+            raise
+        listening = 0
+    finally:
+        probe.close()
+    if not listening:
+        return None
+    sock = socket.socket(fileno=0)
+    sock.set_inheritable(False)
+    return sock
+
+
+def connect(address: Address, timeout: Optional[float] = None) -> socket.socket:
+    """A client connection to ``address`` (for the client and health checks)."""
+    if address.is_fd:
+        raise AddressError("cannot connect to an fd:// address")
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address.target)  # type: ignore[arg-type]
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def cleanup(address: Address) -> None:
+    """Remove the socket file we created (on a clean stop)."""
+    if address.is_unix and not address.is_fd:
+        try:
+            os.unlink(address.target)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            pass
