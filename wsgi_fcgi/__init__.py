@@ -3,4 +3,29 @@
 Public API: ``serve(app, **options)``, the exceptions a user may catch, ``__version__``.
 """
 
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from .config import ConfigError
+from .handler import ClientDisconnected, RequestAborted, RequestBodyTruncated
+
 __version__ = "0.1.0"
+__all__ = ["serve", "ConfigError", "ClientDisconnected", "RequestAborted", "RequestBodyTruncated", "__version__"]
+
+
+def serve(app: Callable[..., Any], **options: Any) -> None:
+    """Serve ``app`` over FastCGI; options are the command-line settings by name
+    (``serve(app, workers=4, bind="unix:/run/app.sock")``).
+
+    From a ``dispatch.fcgi`` that a web server spawns, no option is needed: the
+    listening socket on fd 0 is found and one process serves requests.
+    Raises ConfigError for a bad option; exits with the server's exit code.
+    """
+    from .cli import run
+    from .config import Config
+
+    code = run(Config(**options), app=app)
+    if code:
+        sys.exit(code)

@@ -432,7 +432,8 @@ class ServerConnection:
     def _handle(self, record: Record) -> Optional[ServerEvent]:
         rtype, rid = record.type, record.request_id
         if rid == FCGI_NULL_REQUEST_ID:
-            return self._handle_management(record)
+            self._handle_management(record)
+            return None
         if rtype not in _APPLICATION_TYPES:
             raise ProtocolError(f"record type {rtype} with request id {rid}")
         if rtype == FCGI_BEGIN_REQUEST:

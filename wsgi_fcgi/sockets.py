@@ -106,7 +106,7 @@ def bind(address: Address, *, backlog: int = 1024, socket_mode: Optional[int] = 
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if address.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address.target)
+            sock.bind(address.target)  # type: ignore[arg-type]
         sock.listen(backlog)
     except OSError as exc:
         sock.close()

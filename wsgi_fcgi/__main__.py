@@ -1,0 +1,7 @@
+"""``python -m wsgi_fcgi``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

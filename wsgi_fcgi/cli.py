@@ -1,0 +1,112 @@
+"""``python -m wsgi_fcgi [OPTIONS] MODULE:APP`` and the start-up path ``serve()`` shares.
+
+Strategy: options come from the settings table (config.py); start-up decides
+where to listen (``--bind``, else the listening socket a web server left on
+fd 0, else 127.0.0.1:9000) and whether a master is needed. Spawned on fd 0
+with one worker -- Apache mod_fcgid, lighttpd ``bin-path`` -- the web server
+is the process manager, so the process serves requests itself. Otherwise the
+prefork master in manager.py runs the pool.
+
+Every error a user can cause ends with one line on stderr and an exit code:
+2 bad option, 3 cannot listen / boot failure, 4 the app cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from . import __version__
+from . import protocol as p
+from .config import Config, ConfigError, SETTINGS_BY_NAME, add_arguments, default_workers
+from .loader import AppLoadError, load_app
+from .logs import setup_logging
+from .sockets import DEFAULT_TCP_ADDRESS, Address, AddressError, bind, inherited_listener, parse_address
+
+EXIT_USAGE = 2
+EXIT_BOOT_ERROR = 3
+EXIT_APP_LOAD_ERROR = 4
+
+
+def fail(message: str) -> None:
+    print(f"wsgi_fcgi: error: {message}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wsgi_fcgi",
+        description="Serve a WSGI application over FastCGI (nginx, Apache, lighttpd) with a prefork pool.",
+        epilog="Signals to the master: TERM graceful stop, INT/QUIT quick stop, HUP graceful reload, "
+               "TTIN/TTOU one worker more/fewer, USR1 reopen log files.")
+    parser.add_argument("app", metavar="MODULE:APP",
+                        help="the WSGI app: pkg.mod:app, pkg.mod (finds application or app), pkg.mod:create_app()")
+    parser.add_argument("--version", action="version", version=f"wsgi_fcgi {__version__}")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values = {name: value for name, value in vars(args).items() if name in SETTINGS_BY_NAME and value is not None}
+    try:
+        config = Config(**values)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return run(config, app_spec=args.app)
+
+
+def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
+    """(sockets, addresses, spawned_on_fd0)."""
+    if config.bind:
+        addresses = [parse_address(spec) for spec in config.bind]
+        sockets = [bind(a, backlog=config.backlog, socket_mode=config.socket_mode) for a in addresses]
+        return sockets, addresses, False
+    inherited = inherited_listener()
+    if inherited is not None:
+        return [inherited], [parse_address("fd://0")], True
+    address = parse_address(DEFAULT_TCP_ADDRESS)
+    return [bind(address, backlog=config.backlog)], [address], False
+
+
+def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: Optional[str] = None) -> int:
+    """Listen, then serve until stopped. Returns the process exit code."""
+    setup_logging(config.log_level)
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            fail(f"--chdir {config.chdir}: {exc.strerror}")
+            return EXIT_BOOT_ERROR
+    try:
+        listeners, addresses, on_fd0 = open_listeners(config)
+    except AddressError as exc:
+        fail(str(exc))
+        return EXIT_BOOT_ERROR
+    workers = config.workers or default_workers(on_fd0)
+    if on_fd0 and workers == 1 and config.pool == "static":
+        return _serve_in_process(config, listeners, app, app_spec)
+    from .manager import Arbiter
+    return Arbiter(config, listeners, addresses, workers=workers, app=app, app_spec=app_spec).run()
+
+
+def _serve_in_process(config: Config, listeners: List[Any], app: Optional[Callable[..., Any]],
+                      app_spec: Optional[str]) -> int:
+    """One process, spawned by the web server, which manages processes itself."""
+    from .worker import Worker
+
+    if app is None:
+        assert app_spec is not None
+        try:
+            app = load_app(app_spec)
+        except AppLoadError as exc:
+            fail(f"cannot load the app: {exc}")
+            return EXIT_APP_LOAD_ERROR
+    limits = p.Limits(max_params_bytes=config.max_params_bytes, max_params_count=config.max_params_count)
+    worker = Worker(app, listeners, script_name=config.script_name, max_requests=config.max_requests,
+                    read_timeout=config.read_timeout, keepalive_timeout=config.keepalive_timeout,
+                    limits=limits, max_conns=1)
+    worker.run()
+    return 0

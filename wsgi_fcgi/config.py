@@ -1,0 +1,249 @@
+"""Every setting, declared once.
+
+Strategy: ``SETTINGS`` is the one table -- name, command-line flag, parser,
+default, help. The command line (``cli.py``), ``serve(app, **options)`` and the
+docs are all generated from it, so a setting cannot exist in one place and be
+missing in another. Parsers turn a string (from the command line or a config
+file) or a Python value (from ``serve``) into the checked value, and raise
+``ConfigError`` with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message says which and why."""
+
+
+Parser = Callable[[Any], Any]
+
+
+def _int_at_least(minimum: int) -> Parser:
+    def parse(value: Any) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a whole number") from None
+        if number < minimum:
+            raise ValueError(f"{number} is less than {minimum}")
+        return number
+    return parse
+
+
+def _seconds(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if number < 0 or number != number:
+        raise ValueError(f"{value!r} must be zero or more seconds")
+    return number
+
+
+def _octal_mode(value: Any) -> int:
+    if isinstance(value, int):
+        mode = value
+    else:
+        try:
+            mode = int(str(value), 8)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an octal file mode such as 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{value!r} is not a file mode between 000 and 777")
+    return mode
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        text = str(value)
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _bind_list(value: Any) -> List[str]:
+    from .sockets import parse_address
+
+    specs = [value] if isinstance(value, str) else list(value)
+    for spec in specs:
+        parse_address(spec)  # raises AddressError (a ValueError) with the reason
+    return specs
+
+
+def _script_name(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    text = str(value)
+    if text and not text.startswith("/"):
+        raise ValueError(f"{text!r} must start with '/' (or be empty for the root)")
+    return text.rstrip("/")
+
+
+def _optional_str(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    flags: Sequence[str]
+    parse: Parser
+    default: Any
+    help: str
+    metavar: Optional[str] = None
+    section: str = "server"
+    is_flag: bool = False  # a switch without a value on the command line
+    repeatable: bool = False
+
+
+SETTINGS: List[Setting] = [
+    # --- where to listen
+    Setting("bind", ("-b", "--bind"), _bind_list, None,
+            "Address to listen on: unix:PATH, HOST:PORT, [IPV6]:PORT or fd://N. Repeatable. "
+            "Default: the listening socket on fd 0 when a web server spawned us, else 127.0.0.1:9000.",
+            metavar="ADDRESS", repeatable=True),
+    Setting("backlog", ("--backlog",), _int_at_least(1), 1024,
+            "Listen queue length.", metavar="N"),
+    Setting("socket_mode", ("--socket-mode",), _octal_mode, 0o660,
+            "File mode of a unix socket we create (octal).", metavar="MODE"),
+    # --- the application
+    Setting("script_name", ("--script-name",), _script_name, None,
+            "The URL prefix the app is mounted at (e.g. /app). Overrides what the web server sends; "
+            "needed behind Apache ProxyPass to a prefix and lighttpd \"/\" without fix-root-scriptname.",
+            metavar="PREFIX", section="application"),
+    Setting("chdir", ("--chdir",), _optional_str, None,
+            "Change to this directory before loading the app.", metavar="DIR", section="application"),
+    Setting("preload", ("--preload",), _bool, False,
+            "Load the app in the master before forking workers (shared memory, slower reloads).",
+            section="application", is_flag=True),
+    # --- workers
+    Setting("workers", ("-w", "--workers"), _int_at_least(1), None,
+            "Number of worker processes (the maximum for dynamic and ondemand pools). "
+            "Default: 1 when spawned by a web server on fd 0, else 2.",
+            metavar="N", section="workers"),
+    Setting("pool", ("--pool",), _choice("static", "dynamic", "ondemand"), "static",
+            "Pool sizing: static (always --workers), dynamic (keep --min-spare..--max-spare idle "
+            "workers), ondemand (start workers when connections wait, stop them after --idle-timeout).",
+            metavar="MODE", section="workers"),
+    Setting("min_spare", ("--min-spare",), _int_at_least(0), 1,
+            "dynamic pool: fewest idle workers to keep.", metavar="N", section="workers"),
+    Setting("max_spare", ("--max-spare",), _int_at_least(1), 3,
+            "dynamic pool: most idle workers to keep.", metavar="N", section="workers"),
+    Setting("idle_timeout", ("--idle-timeout",), _seconds, 10.0,
+            "ondemand and dynamic pools: seconds an idle surplus worker lives.",
+            metavar="S", section="workers"),
+    Setting("timeout", ("-t", "--timeout"), _seconds, 30.0,
+            "Kill and replace a worker busy with one request for longer than this (0 = never).",
+            metavar="S", section="workers"),
+    Setting("graceful_timeout", ("--graceful-timeout",), _seconds, 30.0,
+            "On TERM and HUP, how long in-flight requests may take before workers are killed.",
+            metavar="S", section="workers"),
+    Setting("max_requests", ("--max-requests",), _int_at_least(0), 0,
+            "Restart a worker after this many requests (0 = never).", metavar="N", section="workers"),
+    Setting("max_requests_jitter", ("--max-requests-jitter",), _int_at_least(0), 0,
+            "Add a random 0..J to --max-requests per worker, so workers do not restart together.",
+            metavar="J", section="workers"),
+    # --- connections and limits
+    Setting("read_timeout", ("--read-timeout",), _seconds, 30.0,
+            "Close a connection whose peer sends nothing for this long in the middle of a request.",
+            metavar="S", section="limits"),
+    Setting("keepalive_timeout", ("--keepalive-timeout",), _seconds, 60.0,
+            "Close a kept-alive (FCGI_KEEP_CONN) connection idle for this long.",
+            metavar="S", section="limits"),
+    Setting("max_params_bytes", ("--limit-params-bytes",), _int_at_least(1024), 256 * 1024,
+            "Largest PARAMS stream accepted, in bytes.", metavar="BYTES", section="limits"),
+    Setting("max_params_count", ("--limit-params-count",), _int_at_least(16), 1000,
+            "Most parameters accepted in one request.", metavar="N", section="limits"),
+    # --- process
+    Setting("pidfile", ("-p", "--pid"), _optional_str, None,
+            "Write the master's process id to this file.", metavar="FILE", section="process"),
+    Setting("log_level", ("--log-level",), _choice("debug", "info", "warning", "error", "critical"), "info",
+            "Error log level.", metavar="LEVEL", section="logging"),
+]
+
+SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+class Config:
+    """Checked settings, read by attribute (``config.workers``)."""
+
+    def __init__(self, **values: Any) -> None:
+        self._values: Dict[str, Any] = {s.name: s.default for s in SETTINGS}
+        self.update(values)
+
+    def update(self, values: Dict[str, Any]) -> None:
+        for name, value in values.items():
+            setting = SETTINGS_BY_NAME.get(name)
+            if setting is None:
+                raise ConfigError(f"unknown setting {name!r}")
+            if value is None:
+                self._values[name] = setting.default
+                continue
+            try:
+                self._values[name] = setting.parse(value)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.flags[-1]}: {exc}") from None
+        self._check_together()
+
+    def _check_together(self) -> None:
+        v = self._values
+        if v["min_spare"] > v["max_spare"]:
+            raise ConfigError(f"--min-spare ({v['min_spare']}) is more than --max-spare ({v['max_spare']})")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self._values)
+
+
+def default_workers(spawned_on_fd0: bool) -> int:
+    """One process when a web server manages processes for us (mod_fcgid sends
+    one request at a time to each process it spawns), else two."""
+    return 1 if spawned_on_fd0 else 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options generated from ``SETTINGS``, grouped by section."""
+    groups: Dict[str, Any] = {}
+    for setting in SETTINGS:
+        group = groups.get(setting.section)
+        if group is None:
+            group = groups[setting.section] = parser.add_argument_group(setting.section)
+        kwargs: Dict[str, Any] = {"dest": setting.name, "default": None, "help": _help(setting)}
+        if setting.is_flag:
+            kwargs["action"] = "store_const"
+            kwargs["const"] = True
+        else:
+            kwargs["metavar"] = setting.metavar
+            if setting.repeatable:
+                kwargs["action"] = "append"
+        group.add_argument(*setting.flags, **kwargs)
+
+
+def _help(setting: Setting) -> str:
+    default = setting.default
+    if default is None or setting.is_flag:
+        return setting.help.replace("%", "%%")
+    if setting.parse is _octal_mode:
+        default = f"{default:04o}"
+    return f"{setting.help} Default: {default}.".replace("%", "%%")

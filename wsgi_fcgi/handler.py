@@ -1,0 +1,469 @@
+"""One WSGI call: environ in, FastCGI STDOUT records out.
+
+Strategy: the handler sees the connection only through a small ``Channel``
+(read the next STDIN/DATA chunk, send buffers, build the END_REQUEST record,
+cut the connection), so it can be driven in tests without sockets and knows
+nothing of processes or signals.
+
+Output is coalesced: the CGI header block travels with the first body chunk;
+a list or tuple response (the common case) goes out with its end records in a
+single send. Headers are validated before a byte is sent, so an app that puts
+CR, LF or NUL in a header gets a 500, never a split response.
+
+Errors: an app exception before anything was sent becomes a short generic 500
+(traceback to the error log and to FCGI_STDERR, which web servers log); after
+the headers went out, the connection is cut without END_REQUEST so the web
+server knows the response is incomplete.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+import tempfile
+import traceback
+from types import TracebackType
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple, Type
+
+from . import protocol as p
+from .environ import build_environ
+
+error_log = logging.getLogger("wsgi_fcgi.error")
+
+ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]
+StartResponse = Callable[..., Callable[[bytes], None]]
+WSGIApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
+
+SPOOL_THRESHOLD = 1024 * 1024  # bodies of unknown length: memory up to here, then a temp file
+FILE_BLOCK_SIZE = 65535
+
+_STATUS_RE = re.compile(r"[0-9]{3}( [\t\x20-\x7e\x80-\xff]*)?")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "te", "trailer",
+                         "transfer-encoding", "upgrade"))
+
+ERROR_500 = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             b"Content-Length: 21\r\n\r\nInternal Server Error")
+
+
+class ClientDisconnected(OSError):
+    """The web server closed the connection or aborted the request (FCGI_ABORT_REQUEST).
+
+    Raised from ``wsgi.input`` reads; an OSError so apps treat it like any
+    other lost client.
+    """
+
+
+class RequestAborted(ClientDisconnected):
+    """The web server sent FCGI_ABORT_REQUEST; the connection itself is still good."""
+
+
+class RequestBodyTruncated(ClientDisconnected):
+    """STDIN ended before CONTENT_LENGTH bytes arrived (the client went away)."""
+
+
+class InvalidResponse(Exception):
+    """The app's status or headers cannot be sent as they are."""
+
+
+class Channel(Protocol):
+    """What the handler needs from a connection (implemented by the worker)."""
+
+    def read_stdin(self) -> bytes:
+        """The next STDIN chunk; b"" at the end of the stream."""
+
+    def read_data(self) -> bytes:
+        """The next FCGI_DATA chunk (FILTER role); b"" at the end of the stream."""
+
+    def send(self, buffers: List[Any]) -> None:
+        """Send all buffers, in order; raise ClientDisconnected if the peer is gone."""
+
+    def end_request(self, app_status: int) -> bytes:
+        """The END_REQUEST record for this request."""
+
+
+# --- wsgi.input ------------------------------------------------------------------
+
+class InputStream:
+    """A request body read from a stream of chunks as they arrive.
+
+    The app starts before the body is complete, and nothing is held in memory
+    beyond one chunk and what the app asked for. If the stream ends before
+    ``expected`` bytes, reading raises RequestBodyTruncated instead of
+    returning a silently short body (the spec asks an updating responder to
+    notice).
+    """
+
+    def __init__(self, read_chunk: Callable[[], bytes], expected: Optional[int] = None) -> None:
+        self._read_chunk = read_chunk
+        self._buffer = bytearray()
+        self._eof = False
+        self._received = 0
+        self._expected = expected
+
+    @property
+    def finished(self) -> bool:
+        """True once the end of the stream has been seen."""
+        return self._eof
+
+    def _fill(self) -> bool:
+        """Read one more chunk into the buffer; False at the end of the stream."""
+        if self._eof:
+            return False
+        chunk = self._read_chunk()
+        if not chunk:
+            self._eof = True
+            if self._expected is not None and self._received < self._expected:
+                raise RequestBodyTruncated(
+                    f"request body ended after {self._received} of {self._expected} bytes")
+            return False
+        self._received += len(chunk)
+        self._buffer += chunk
+        return True
+
+    def _take(self, size: int) -> bytes:
+        buf = self._buffer
+        if size >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:size])
+            del buf[:size]
+        return data
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            return self._take(len(self._buffer))
+        while len(self._buffer) < size and self._fill():
+            pass
+        return self._take(size)
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        limit = sys.maxsize if size is None or size < 0 else size
+        start = 0
+        while True:
+            newline = self._buffer.find(b"\n", start, limit)
+            if newline >= 0:
+                return self._take(newline + 1)
+            if len(self._buffer) >= limit:
+                return self._take(limit)
+            start = len(self._buffer)
+            if not self._fill():
+                return self._take(min(limit, len(self._buffer)))
+
+    def readlines(self, hint: Optional[int] = -1) -> List[bytes]:
+        lines: List[bytes] = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+def spool(read_chunk: Callable[[], bytes], first: bytes) -> Tuple[Any, int]:
+    """The whole stream in a file object (memory, then disk past SPOOL_THRESHOLD)."""
+    body = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
+    size = 0
+    chunk = first
+    while chunk:
+        body.write(chunk)
+        size += len(chunk)
+        chunk = read_chunk()
+    body.seek(0)
+    return body, size
+
+
+class ErrorStream:
+    """wsgi.errors: what the app writes here goes to the error log, line by line."""
+
+    def __init__(self) -> None:
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            error_log.error("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            error_log.error("%s", self._partial)
+            self._partial = ""
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: a file sent block by block, never read whole."""
+
+    def __init__(self, filelike: Any, block_size: int = FILE_BLOCK_SIZE) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        size = self.block_size
+        while True:
+            block = read(size)
+            if not block:
+                return
+            yield block
+
+
+# --- the request ------------------------------------------------------------------
+
+class RequestHandler:
+    """Calls one WSGI app for each request; one instance per worker."""
+
+    def __init__(self, app: WSGIApp, *, script_name: Optional[str] = None, multiprocess: bool = True) -> None:
+        self.app = app
+        self.script_name = script_name
+        self.multiprocess = multiprocess
+        self.errors = ErrorStream()
+
+    def handle(self, channel: Channel, request_id: int, role: int, pairs: List[Tuple[str, str]]) -> bool:
+        """Run one request to completion. False when the connection can no
+        longer be used (peer gone, or cut after an app error)."""
+        environ = build_environ(pairs, script_name=self.script_name, role=role,
+                                multiprocess=self.multiprocess)
+        response = Response(channel, request_id, role, environ.get("REQUEST_METHOD") == "HEAD")
+        try:
+            self._prepare_input(channel, role, environ)
+        except ClientDisconnected as exc:
+            return self._client_gone(response, environ, exc)
+        environ["wsgi.errors"] = self.errors
+        environ["wsgi.file_wrapper"] = FileWrapper
+        try:
+            self._call_app(environ, response)
+        except ClientDisconnected as exc:
+            return self._client_gone(response, environ, exc)
+        return not response.cut
+
+    def _prepare_input(self, channel: Channel, role: int, environ: Dict[str, Any]) -> None:
+        """Set wsgi.input: the live STDIN stream, or a spooled copy when it must be read first.
+
+        Whatever the app leaves unread needs no draining: once END_REQUEST is
+        sent the request id is inactive and the protocol layer skips its records.
+        """
+        if role == p.FCGI_FILTER:
+            body, size = spool(channel.read_stdin, channel.read_stdin())
+            environ["wsgi.input"] = body
+            environ["wsgi_fcgi.data"] = InputStream(channel.read_data, _int_or_none(environ.get("FCGI_DATA_LENGTH")))
+            return
+        length = environ.get("CONTENT_LENGTH")
+        if length is None:
+            # Unknown length (Apache mod_proxy_fcgi streaming a chunked body):
+            # spool it so CONTENT_LENGTH can be set -- Django reads nothing
+            # without it, and Werkzeug ignores the body while TE: chunked stays.
+            first = channel.read_stdin()
+            if not first:
+                environ["wsgi.input"] = io.BytesIO()
+                return
+            body, size = spool(channel.read_stdin, first)
+            environ["wsgi.input"] = body
+            environ["CONTENT_LENGTH"] = str(size)
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            return
+        environ["wsgi.input"] = InputStream(channel.read_stdin, int(length))
+
+    def _call_app(self, environ: Dict[str, Any], response: Response) -> None:
+        result: Optional[Iterable[bytes]] = None
+        try:
+            result = self.app(environ, response.start_response)
+            if type(result) in (list, tuple):
+                response.write_all(result)
+            else:
+                for chunk in result:
+                    if chunk:
+                        response.write(chunk)
+                        response.flush()
+            response.finish()
+        except ClientDisconnected:
+            raise
+        except Exception:
+            self._app_error(environ, response, sys.exc_info())
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    error_log.exception("error in close() of the response of %s", _describe(environ))
+
+    def _app_error(self, environ: Dict[str, Any], response: Response, exc_info: Any) -> None:
+        text = "".join(traceback.format_exception(*exc_info))
+        error_log.error("error handling %s\n%s", _describe(environ), text.rstrip())
+        if response.headers_sent:
+            response.cut_connection()
+            return
+        response.send_error_500(text)
+
+    @staticmethod
+    def _client_gone(response: Response, environ: Dict[str, Any], exc: ClientDisconnected) -> bool:
+        error_log.info("client went away during %s: %s", _describe(environ), exc)
+        if isinstance(exc, RequestAborted):
+            # FCGI_ABORT_REQUEST: the connection stays; answer with END_REQUEST.
+            return response.send_end_only()
+        return False
+
+
+class Response:
+    """start_response, write() and the STDOUT framing of one request."""
+
+    __slots__ = ("channel", "request_id", "role", "is_head", "status", "headers",
+                 "headers_sent", "pending", "cut", "discard_body")
+
+    def __init__(self, channel: Channel, request_id: int, role: int, is_head: bool) -> None:
+        self.channel = channel
+        self.request_id = request_id
+        self.role = role
+        self.is_head = is_head
+        self.status: Optional[str] = None
+        self.headers: List[Tuple[str, str]] = []
+        self.headers_sent = False
+        self.pending: List[Any] = []
+        self.cut = False
+        self.discard_body = is_head
+
+    def start_response(self, status: str, headers: List[Tuple[str, str]],
+                       exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # avoid a reference cycle
+        elif self.status is not None:
+            raise AssertionError("start_response() called a second time without exc_info")
+        self.status, self.headers = _checked_status(status), _checked_headers(headers)
+        return self.write_now
+
+    def write_now(self, data: bytes) -> None:
+        """The legacy write() callable: sent at once."""
+        self.write(data)
+        self.flush()
+
+    def write(self, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"response body chunks must be bytes, not {type(data).__name__}")
+        if not self.headers_sent:
+            self._queue_headers()
+        if data and not self.discard_body:
+            self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, data)
+
+    def write_all(self, chunks: Iterable[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        if self.pending:
+            buffers, self.pending = self.pending, []
+            self.channel.send(buffers)
+
+    def finish(self) -> None:
+        """Headers if none went out yet, the end of STDOUT and END_REQUEST, in one send."""
+        if not self.headers_sent:
+            self._queue_headers()
+        self.pending.append(p.encode_record(p.FCGI_STDOUT, self.request_id))
+        self.pending.append(self.channel.end_request(0))
+        self.flush()
+
+    def _queue_headers(self) -> None:
+        if self.status is None:
+            raise AssertionError("the app returned or wrote a body before calling start_response()")
+        headers = self.headers
+        if self.role == p.FCGI_AUTHORIZER and self.status[:3] == "200":
+            # Spec 6.3: on 200 only Variable-* headers mean something; the body is ignored.
+            headers = [(n, v) for n, v in headers if n[:9].lower() == "variable-"]
+            self.discard_body = True
+        lines = [f"Status: {self.status}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        lines.append("\r\n")
+        self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, "".join(lines).encode("latin-1"))
+        self.headers_sent = True
+
+    def send_error_500(self, traceback_text: str) -> None:
+        """The generic 500 (no traceback to the client); the traceback to FCGI_STDERR."""
+        stderr = traceback_text.encode("utf-8", "replace")
+        buffers = p.encode_stream(p.FCGI_STDERR, self.request_id, stderr)
+        buffers.append(p.encode_record(p.FCGI_STDERR, self.request_id))
+        body = ERROR_500 if not self.is_head else ERROR_500[:ERROR_500.index(b"\r\n\r\n") + 4]
+        buffers += p.encode_stream(p.FCGI_STDOUT, self.request_id, body)
+        buffers.append(p.encode_record(p.FCGI_STDOUT, self.request_id))
+        buffers.append(self.channel.end_request(1))
+        self.pending = []
+        self.headers_sent = True
+        self.channel.send(buffers)
+
+    def send_end_only(self) -> bool:
+        """END_REQUEST after FCGI_ABORT_REQUEST; False if that send failed."""
+        try:
+            self.channel.send([p.encode_record(p.FCGI_STDOUT, self.request_id), self.channel.end_request(0)])
+        except ClientDisconnected:
+            return False
+        return True
+
+    def cut_connection(self) -> None:
+        """End the connection without END_REQUEST: the web server sees a cut response."""
+        self.pending = []
+        self.cut = True
+
+
+def _checked_status(status: Any) -> str:
+    if not isinstance(status, str) or not _STATUS_RE.fullmatch(status):
+        raise InvalidResponse(f"invalid status {status!r}: expected e.g. '200 OK'")
+    return status
+
+
+def _checked_headers(headers: Any) -> List[Tuple[str, str]]:
+    if not isinstance(headers, list):
+        raise InvalidResponse(f"headers must be a list of (name, value) tuples, not {type(headers).__name__}")
+    checked: List[Tuple[str, str]] = []
+    for item in headers:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise InvalidResponse(f"header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
+            raise InvalidResponse(f"invalid header name {name!r}")
+        if not isinstance(value, str) or _BAD_VALUE_RE.search(value):
+            raise InvalidResponse(f"invalid value for header {name}: {value!r}")
+        if name.lower() in _HOP_BY_HOP:
+            error_log.debug("dropping hop-by-hop header %s from the response", name)
+            continue
+        checked.append(item)
+    return checked
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def _describe(environ: Dict[str, Any]) -> str:
+    return f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
+
+
+__all__ = ["RequestHandler", "InputStream", "FileWrapper", "ClientDisconnected", "RequestAborted",
+           "RequestBodyTruncated", "InvalidResponse", "Channel", "WSGIApp"]

@@ -1,0 +1,395 @@
+"""One worker process: accept, read records, run the app, write records.
+
+Strategy: a worker serves one request at a time, but it is not stuck with one
+connection. An epoll set holds the listening sockets (EPOLLEXCLUSIVE: the
+kernel wakes one idle worker per new connection, no thundering herd, and a
+busy worker is never picked), the idle FCGI_KEEP_CONN connections this worker
+keeps for nginx ``keepalive`` / Apache ``enablereuse``, and the signal wakeup
+pipe. Signal handlers only set flags; the loop acts on them between requests,
+so a TERM lets the current request finish (what mod_fcgid and the master
+expect) and an accepted connection is never dropped.
+
+Reads during a request are blocking with SO_RCVTIMEO/SO_SNDTIMEO as the stall
+timeout: unlike ``settimeout`` that costs no extra poll() per recv.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import time
+import traceback
+from types import FrameType
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import protocol as p
+from .handler import ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
+from .scoreboard import Slot, private_slot
+
+error_log = logging.getLogger("wsgi_fcgi.error")
+
+RECV_SIZE = 256 * 1024
+MAX_IOV = 512  # buffers per sendmsg call, well under IOV_MAX (1024)
+MAX_IDLE_CONNECTIONS = 32  # kept-alive connections one worker holds while idle
+LINGER_SECONDS = 2.0
+
+
+class ReadTimeout(Exception):
+    """The peer sent nothing for ``read_timeout`` seconds."""
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1e6))
+
+
+class Connection:
+    """One accepted transport connection; the handler's ``Channel`` for its current request."""
+
+    __slots__ = ("sock", "fd", "proto", "peer", "request_id", "input_finished", "_stash", "idle_since")
+
+    def __init__(self, sock: socket.socket, peer: Any, proto: p.ServerConnection, timeout: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.proto = proto
+        self.peer = peer
+        self.request_id = 0
+        self.input_finished = False
+        self._stash: Optional[p.ServerEvent] = None
+        self.idle_since = 0.0
+        if timeout > 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+
+    # reading
+    def next_event(self) -> p.ServerEvent:
+        """The next protocol event, reading from the socket as needed."""
+        stashed = self._stash
+        if stashed is not None:
+            self._stash = None
+            return stashed
+        proto = self.proto
+        while True:
+            event: Any = proto.next_event()
+            reply = proto.data_to_send()
+            if reply:
+                self._send_bytes(reply)
+            if event is not p.NEED_DATA:
+                return event  # type: ignore[no-any-return]
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                raise ReadTimeout() from None
+            except ConnectionResetError:
+                data = b""
+            proto.receive_data(data)
+
+    def prefetch_stdin_end(self) -> None:
+        """If the empty STDIN record is already buffered (a GET from nginx arrives
+        in one segment), note it: the connection can then be closed without a
+        lingering drain."""
+        if self.proto.has_buffered_data:
+            event = self.next_event()
+            if isinstance(event, p.StdinEnd):
+                self.input_finished = True
+            self._stash = event
+
+    # Channel for the handler
+    def read_stdin(self) -> bytes:
+        return self._read_stream(p.StdinData, p.StdinEnd)
+
+    def read_data(self) -> bytes:
+        return self._read_stream(p.DataData, p.DataEnd)
+
+    def _read_stream(self, chunk_type: type, end_type: type) -> bytes:
+        try:
+            event = self.next_event()
+        except ReadTimeout:
+            raise ClientDisconnected("the web server sent nothing within the read timeout") from None
+        except p.ProtocolError as exc:
+            error_log.warning("protocol error from %s: %s", self.peer or "peer", exc.reason)
+            raise ClientDisconnected(f"protocol error: {exc.reason}") from None
+        if type(event) is chunk_type:
+            return event.data  # type: ignore[union-attr]
+        if type(event) is end_type:
+            if end_type is p.StdinEnd:
+                self.input_finished = True
+            return b""
+        if isinstance(event, p.AbortRequest):
+            raise RequestAborted("the web server aborted the request (FCGI_ABORT_REQUEST)")
+        if isinstance(event, p.ConnectionClosed):
+            raise ClientDisconnected("the web server closed the connection")
+        raise ClientDisconnected(f"unexpected {type(event).__name__} while reading the request body")
+
+    def send(self, buffers: List[Any]) -> None:
+        try:
+            for start in range(0, len(buffers), MAX_IOV):
+                _sendmsg_all(self.sock, buffers[start:start + MAX_IOV])
+        except (BrokenPipeError, ConnectionResetError, BlockingIOError) as exc:
+            raise ClientDisconnected(f"sending the response failed: {exc.strerror or 'timed out'}") from None
+
+    def _send_bytes(self, data: bytes) -> None:
+        self.send([data])
+
+    def end_request(self, app_status: int) -> bytes:
+        return self.proto.end_request(self.request_id, app_status)
+
+    # closing
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def close_after_response(self) -> None:
+        """Close at the end of a request. Unread input still on its way would
+        make close() send a RST that can destroy the response in flight, so in
+        that case shut down our side and drain briefly first (lingering close)."""
+        if not self.input_finished:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(LINGER_SECONDS))
+                deadline = time.monotonic() + LINGER_SECONDS
+                while time.monotonic() < deadline and self.sock.recv(RECV_SIZE):
+                    pass
+            except OSError:
+                pass
+        self.close()
+
+
+def _sendmsg_all(sock: socket.socket, buffers: List[Any]) -> None:
+    """sendmsg until every byte of ``buffers`` is out (a blocking send can be partial)."""
+    while buffers:
+        sent = sock.sendmsg(buffers)
+        for index, buffer in enumerate(buffers):
+            length = len(buffer)
+            if sent < length:
+                buffers = [memoryview(buffer)[sent:]] + buffers[index + 1:] if sent else buffers[index:]
+                break
+            sent -= length
+        else:
+            return
+
+
+class Worker:
+    """Serve requests from ``listeners`` until told to stop.
+
+    ``max_requests`` counts requests, not connections, so kept-alive
+    connections recycle on time too. ``parent_pid`` (set under a master) makes
+    the worker exit when its master has gone.
+    """
+
+    def __init__(self, app: WSGIApp, listeners: List[socket.socket], *, script_name: Optional[str] = None,
+                 max_requests: int = 0, read_timeout: float = 30.0, keepalive_timeout: float = 60.0,
+                 limits: Optional[p.Limits] = None, max_conns: int = 1, slot: Optional[Slot] = None,
+                 parent_pid: Optional[int] = None, multiprocess: bool = True) -> None:
+        self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess)
+        self.listeners = {sock.fileno(): sock for sock in listeners}
+        self.max_requests = max_requests
+        self.read_timeout = read_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.limits = limits or p.Limits()
+        self.max_conns = max_conns
+        self.slot = slot or private_slot()
+        self.parent_pid = parent_pid
+        self.alive = True
+        self.requests = 0
+        self.idle: Dict[int, Connection] = {}
+        self._epoll: Optional[select.epoll] = None
+        self._wakeup_r = -1
+
+    # --- signals
+    def _install_signals(self) -> None:
+        self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._stop_gracefully)
+        signal.signal(signal.SIGINT, self._stop_now)
+        signal.signal(signal.SIGQUIT, self._stop_now)
+        signal.signal(signal.SIGABRT, self._timed_out)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # log reopening: see logs.py
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def _stop_gracefully(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.alive = False
+
+    def _stop_now(self, signum: int, frame: Optional[FrameType]) -> None:
+        raise SystemExit(0)
+
+    def _timed_out(self, signum: int, frame: Optional[FrameType]) -> None:
+        state = self.slot.read()
+        stack = "".join(traceback.format_stack(frame)) if frame else ""
+        error_log.error("worker %d killed by the timeout while handling %s; it was here:\n%s",
+                        os.getpid(), state.request or "a request", stack.rstrip())
+        logging.shutdown()
+        os._exit(1)
+
+    # --- the loop
+    def run(self) -> None:
+        self._install_signals()
+        self.slot.reset(os.getpid())
+        epoll = self._epoll = select.epoll()
+        for fd, sock in self.listeners.items():
+            sock.setblocking(False)
+            epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        epoll.register(self._wakeup_r, select.EPOLLIN)
+        try:
+            while self.alive:
+                for fd, _ in epoll.poll(self._poll_timeout()):
+                    if fd == self._wakeup_r:
+                        self._drain_wakeup()
+                    elif fd in self.listeners:
+                        self._accept(self.listeners[fd])
+                    elif fd in self.idle:
+                        self._resume(fd)
+                    if not self.alive:
+                        break
+                self._expire_idle()
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    error_log.warning("worker %d: master %d has gone, exiting", os.getpid(), self.parent_pid)
+                    self.alive = False
+        finally:
+            for conn in list(self.idle.values()):
+                conn.close()
+            self.idle.clear()
+            epoll.close()
+
+    def _poll_timeout(self) -> float:
+        return 1.0 if self.parent_pid is not None or self.idle else -1
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, peer = listener.accept()
+        except BlockingIOError:
+            return  # another worker took it
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                error_log.error("cannot accept a connection: %s", exc.strerror)
+                time.sleep(0.1)  # let descriptors free up instead of spinning
+                return
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                return
+            raise
+        proto = p.ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns, limits=self.limits)
+        self._serve(Connection(sock, peer, proto, self.read_timeout))
+
+    def _resume(self, fd: int) -> None:
+        conn = self.idle.pop(fd)
+        assert self._epoll is not None
+        self._epoll.unregister(fd)
+        self._serve(conn)
+
+    def _park(self, conn: Connection) -> None:
+        """Keep an idle FCGI_KEEP_CONN connection; the oldest goes if there are too many."""
+        if len(self.idle) >= MAX_IDLE_CONNECTIONS:
+            oldest = min(self.idle.values(), key=lambda c: c.idle_since)
+            self._forget(oldest)
+        conn.idle_since = time.monotonic()
+        self.idle[conn.fd] = conn
+        assert self._epoll is not None
+        self._epoll.register(conn.fd, select.EPOLLIN | select.EPOLLRDHUP)
+
+    def _forget(self, conn: Connection) -> None:
+        del self.idle[conn.fd]
+        assert self._epoll is not None
+        self._epoll.unregister(conn.fd)
+        conn.close()
+
+    def _expire_idle(self) -> None:
+        if not self.idle:
+            return
+        cutoff = time.monotonic() - self.keepalive_timeout
+        for conn in [c for c in self.idle.values() if c.idle_since < cutoff]:
+            self._forget(conn)
+
+    def _recycle_due(self) -> bool:
+        return bool(self.max_requests) and self.requests >= self.max_requests
+
+    # --- one connection
+    def _serve(self, conn: Connection) -> None:
+        """Serve requests on ``conn`` until it closes, goes idle or must end."""
+        try:
+            while True:
+                begin, params = self._read_request_head(conn)
+                if begin is None or params is None:
+                    conn.close()
+                    return
+                if not self._run_request(conn, begin, params):
+                    conn.close()
+                    return
+                if self._recycle_due():
+                    error_log.info("worker %d: served %d requests, recycling", os.getpid(), self.requests)
+                    self.alive = False
+                if not begin.keep_conn:
+                    conn.close_after_response()
+                    return
+                if not self.alive:
+                    conn.close()
+                    return
+                if not conn.proto.has_buffered_data:
+                    self._park(conn)
+                    return
+        except ReadTimeout:
+            error_log.info("closing connection from %s: no data within %gs", conn.peer or "peer",
+                           self.read_timeout)
+            conn.close()
+        except p.ProtocolError as exc:
+            error_log.warning("protocol error from %s, closing the connection: %s", conn.peer or "peer",
+                              exc.reason)
+            conn.close()
+        except ClientDisconnected:
+            conn.close()
+
+    def _read_request_head(self, conn: Connection) -> Tuple[Optional[p.BeginRequest], Optional[p.Params]]:
+        """Wait for BEGIN_REQUEST and the complete PARAMS; (None, None) if the peer closed."""
+        begin: Optional[p.BeginRequest] = None
+        while True:
+            event = conn.next_event()
+            if isinstance(event, p.ConnectionClosed):
+                return None, None
+            if isinstance(event, p.BeginRequest):
+                begin = event
+            elif isinstance(event, p.Params) and begin is not None:
+                return begin, event
+            elif isinstance(event, p.AbortRequest) and begin is not None:
+                # Aborted before it started: answer at once, as the spec asks.
+                conn.request_id = begin.request_id
+                conn.send([conn.end_request(0)])
+                begin = None
+
+    def _run_request(self, conn: Connection, begin: p.BeginRequest, params: p.Params) -> bool:
+        conn.request_id = begin.request_id
+        conn.input_finished = False
+        conn.prefetch_stdin_end()
+        slot = self.slot
+        slot.begin(*_method_and_uri(params.pairs))
+        try:
+            return self.handler.handle(conn, begin.request_id, begin.role, params.pairs)
+        finally:
+            self.requests += 1
+            slot.end()
+
+
+def _method_and_uri(pairs: List[Tuple[str, str]]) -> Tuple[str, str]:
+    """For the scoreboard and the timeout log: which request this is."""
+    method = uri = ""
+    for name, value in pairs:
+        if name == "REQUEST_METHOD":
+            method = value
+        elif name == "REQUEST_URI":
+            uri = value
+        if method and uri:
+            break
+    return method or "?", uri or "?"
