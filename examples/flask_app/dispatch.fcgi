@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""FastCGI entry point for shared hosting (Apache mod_fcgid, lighttpd bin-path).
+
+The web server starts this file itself and hands it a listening socket as
+fd 0; serve() finds it there. See README.md next to this file.
+"""
+
+import os
+import sys
+
+# Path of a virtualenv that holds Flask and wsgi_fcgi, e.g. "/home/me/venv".
+# Leave empty to use the packages of the python3 found on PATH.
+VIRTUALENV = ""
+
+if VIRTUALENV:
+    python = os.path.join(VIRTUALENV, "bin", "python")
+    if os.path.realpath(sys.prefix) != os.path.realpath(VIRTUALENV):
+        # Re-run under the virtualenv's interpreter: its compiled packages
+        # match it, and fd 0 (the listening socket) survives exec.
+        os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from wsgi_fcgi import serve  # noqa: E402
+
+from app import app  # noqa: E402
+
+serve(app)
