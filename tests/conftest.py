@@ -1,0 +1,88 @@
+"""Shared fixtures: the wsgi_fcgi server and web servers as subprocesses.
+
+- ``wsgi_server(app="app:app", *args, **options)`` starts
+  ``python -m wsgi_fcgi ARGS APP`` (default: ``--bind unix:<tmp>/wsgi_fcgi.sock``,
+  the example Flask app importable as ``app``) and returns a
+  ``support.processes.WsgiFcgiServer`` once its sockets accept connections:
+  ``.address``, ``.addresses``, ``.socket_path``, ``.pid``, ``.stderr_text()``,
+  ``.stop(sig, timeout)``, ``.returncode``, ``.leftover_pids``.
+- ``nginx(site="app-root.conf", socket=...)`` starts nginx with a template of
+  ``examples/nginx/`` and returns a ``support.webservers.Nginx``: ``.url``,
+  ``.port``, ``.pid``, ``.error_log_text()``, ``.stop()``.
+
+Everything is stopped by PID at teardown, and a failed test gets the
+server's stderr and the web server's logs in its report.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from support.processes import WsgiFcgiServer, short_socket_dir
+from support.webservers import Nginx
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # Keep each phase's report on the item, so fixtures can tell at teardown
+    # whether the test failed (and then attach logs).
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    return any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+
+
+@pytest.fixture
+def wsgi_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., WsgiFcgiServer]]:
+    servers: List[WsgiFcgiServer] = []
+    cleanup: List[Path] = []
+
+    def start(app: str = "app:app", *args: str, **options: Any) -> WsgiFcgiServer:
+        workdir = tmp_path / f"wsgi_fcgi-{len(servers)}"
+        workdir.mkdir()
+        if "socket_dir" not in options:
+            options["socket_dir"] = short_socket_dir(workdir)
+            if options["socket_dir"] != workdir:
+                cleanup.append(options["socket_dir"])
+        server = WsgiFcgiServer(app, args, workdir=workdir, **options)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+
+    failed = _failed(request)
+    for server in reversed(servers):
+        server.stop()
+        if failed:
+            request.node.add_report_section(
+                "teardown", f"wsgi_fcgi pid {server.proc.pid if server.proc else '-'} stderr", server.stderr_text()
+            )
+    for path in cleanup:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def nginx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
+    servers: List[Nginx] = []
+
+    def start(site: str = "app-root.conf", *, site_text: Any = None, **values: Any) -> Nginx:
+        server = Nginx(tmp_path / f"nginx-{len(servers)}", site, values, site_text=site_text)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+
+    failed = _failed(request)
+    for server in reversed(servers):
+        server.stop()
+        if failed:
+            request.node.add_report_section("teardown", f"nginx ({server.site}) logs", server.error_log_text())
