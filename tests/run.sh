@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Install what the test suite needs and run it: the one command for a fresh
+# Debian/Ubuntu machine (and for CI, through .ci/run).
+#
+#   bash tests/run.sh [PYTEST ARGS...]      e.g.  bash tests/run.sh -x -q tests/test_nginx.py
+#
+# - As root with apt-get: installs the web servers and tools the
+#   integration tests start, only the ones missing (apt-get update runs
+#   only when something must be installed). Without root or apt-get it
+#   installs nothing: tests for a missing server are skipped, or fail
+#   when CI=true.
+# - Creates .venv (python3 -m venv) if missing and installs the package in
+#   editable mode with its test extra; skipped when pyproject.toml and
+#   setup.cfg have not changed since the last install.
+# - Runs pytest with the arguments given; CI from the environment is passed
+#   through (CI=true turns "web server missing" skips into failures).
+set -eu
+
+cd "$(dirname "$0")/.."
+PYTHON3=${PYTHON3:-python3}
+
+# package -> a file that package installs
+DEB_NEEDS="
+nginx-light:/usr/sbin/nginx
+apache2:/usr/sbin/apache2
+libapache2-mod-fcgid:/usr/lib/apache2/modules/mod_fcgid.so
+lighttpd:/usr/sbin/lighttpd
+curl:/usr/bin/curl
+libfcgi-bin:/usr/bin/cgi-fcgi
+"
+
+install_debian_packages() {
+    missing=""
+    for need in $DEB_NEEDS; do
+        pkg=${need%%:*}
+        file=${need#*:}
+        [ -e "$file" ] || missing="$missing $pkg"
+    done
+    if ! command -v "$PYTHON3" >/dev/null 2>&1; then
+        missing="$missing python3 python3-venv"
+    elif [ ! -x .venv/bin/python ] && ! "$PYTHON3" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        missing="$missing python3-venv"
+    fi
+    [ -n "$missing" ] || return 0
+    echo "tests/run.sh: installing$missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # nginx-light is gone from newer Debian releases: fall back to nginx.
+    case " $missing " in
+        *" nginx-light "*)
+            if ! apt-cache show nginx-light >/dev/null 2>&1; then
+                missing=$(echo "$missing" | sed 's/nginx-light/nginx/')
+            fi ;;
+    esac
+    # shellcheck disable=SC2086  # word splitting of the package list is wanted
+    apt-get install -y -q --no-install-recommends $missing
+}
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    install_debian_packages
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON3" -m venv .venv
+fi
+
+stamp=.venv/.wsgi_fcgi-test-install
+want=$(cat pyproject.toml setup.cfg 2>/dev/null | cksum)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
+        || ! .venv/bin/python -c 'import wsgi_fcgi, pytest, pytest_timeout, hypothesis, flask' >/dev/null 2>&1; then
+    PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
+fi
+
+echo "tests/run.sh: CI=${CI:-} $(.venv/bin/python --version)" >&2
+exec .venv/bin/python -m pytest "$@"
