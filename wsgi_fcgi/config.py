@@ -99,6 +99,34 @@ def _optional_str(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
+def _user(value: Any) -> str:
+    """A user name or a numeric uid; names must exist (numeric ids need not)."""
+    text = str(value).strip()
+    if text.isdigit():
+        return text
+    import pwd
+
+    try:
+        pwd.getpwnam(text)
+    except KeyError:
+        raise ValueError(f"no user named {text!r}") from None
+    return text
+
+
+def _group(value: Any) -> str:
+    """A group name or a numeric gid; names must exist (numeric ids need not)."""
+    text = str(value).strip()
+    if text.isdigit():
+        return text
+    import grp
+
+    try:
+        grp.getgrnam(text)
+    except KeyError:
+        raise ValueError(f"no group named {text!r}") from None
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -175,6 +203,21 @@ SETTINGS: List[Setting] = [
             "Write the master's process id to this file.", metavar="FILE", section="process"),
     Setting("log_level", ("--log-level",), _choice("debug", "info", "warning", "error", "critical"), "info",
             "Error log level.", metavar="LEVEL", section="logging"),
+    # --- privileges (manager.py applies them; added with the prefork manager)
+    Setting("user", ("-u", "--user"), _user, None,
+            "Run the workers as this user (name or uid) when started as root; the master binds first. "
+            "Without it, running as root logs a warning (see --allow-root).",
+            metavar="USER", section="process"),
+    Setting("group", ("-g", "--group"), _group, None,
+            "Run the workers with this group (name or gid). Default with --user: that user's group. "
+            "A unix socket we create is given this group, so --socket-mode 0660 lets it connect.",
+            metavar="GROUP", section="process"),
+    Setting("umask", ("--umask",), _octal_mode, None,
+            "File mode mask (octal, e.g. 027) for the server and the files the app creates. "
+            "Default: inherited.", metavar="MASK", section="process"),
+    Setting("allow_root", ("--allow-root",), _bool, False,
+            "Run the app as root without a warning (e.g. in a container whose only user is root).",
+            section="process", is_flag=True),
 ]
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -1,0 +1,804 @@
+# The prefork master ("arbiter", as gunicorn calls it).
+#
+# Strategy: the listening sockets are opened once, before any fork, and the
+# workers accept on them directly (no request ever passes through the
+# master). The master only supervises, in one loop:
+#
+#     handle queued signals -> reap children -> check workers (booted? hung?
+#     overdue?) -> finish a reload -> size the pool -> sleep (<= 1 s)
+#
+# Signal handlers only append to a queue; ``signal.set_wakeup_fd`` writes a
+# byte to a pipe the sleep waits on. That matters: since PEP 475 a signal no
+# longer interrupts select(), which is exactly why flup's master never reaps
+# or stops. What each worker is doing comes from the shared-memory scoreboard
+# (scoreboard.py): whether it has booted, is idle (and since when) or busy
+# (with which request, since when). That is what the request timeout, the
+# dynamic and ondemand pools and the zero-downtime reload are decided on.
+#
+# Stopping is not a second loop: a stop signals every worker, gives each a
+# deadline after which it gets SIGKILL, and the same loop runs until the last
+# one is reaped.
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+
+from . import protocol as p
+from .cli import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, fail
+from .config import Config
+from .loader import AppLoadError, load_app
+from .scoreboard import Scoreboard, SlotState
+from .sockets import Address, cleanup
+from .worker import Worker
+
+_setproctitle: Optional[Callable[[str], None]]
+try:  # optional: nicer `ps` output
+    from setproctitle import setproctitle as _setproctitle
+except ImportError:  # pragma: no cover - depends on what is installed
+    _setproctitle = None
+
+error_log = logging.getLogger("wsgi_fcgi.error")
+
+TICK = 1.0  # longest sleep between two looks at the workers
+ABORT_GRACE = 3.0  # a timed-out worker gets SIGABRT, then SIGKILL this much later
+QUICK_STOP_GRACE = 2.0  # INT/QUIT: how long workers get to exit before SIGKILL
+BOOT_WINDOW = 1.0  # a worker dying this soon after its fork died "at boot"
+BOOT_ERROR_LIMIT = 3  # consecutive boot errors (exit 3) with no worker up: halt
+MAX_BACKOFF = 10.0  # longest wait between spawns in a crash storm
+MIN_SLOTS = 64  # scoreboard slots: room for TTIN and for two generations during a reload
+MAX_QUEUED_SIGNALS = 32
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD)
+
+GRACEFUL = "graceful"
+QUICK = "quick"
+
+
+@dataclass
+class WorkerProcess:
+    """The master's view of one child."""
+
+    pid: int
+    slot: int
+    started: float
+    probe: bool = False  # ondemand start-up check: loads the app and exits 0
+    booted: bool = False  # reached its accept loop (its pid appeared in its slot)
+    old: bool = False  # from before a HUP: retired once the new generation is up
+    stop_reason: str = ""  # why we told it to stop ("" = we did not)
+    kill_at: float = 0.0  # SIGKILL if still alive then (0 = no deadline)
+    state: Optional[SlotState] = None  # last scoreboard reading, once booted
+
+    @property
+    def idle_since(self) -> Optional[float]:
+        """When it became idle, or None while booting or busy."""
+        if self.state is None or self.state.busy_since:
+            return None
+        return self.state.idle_since
+
+    @property
+    def spare(self) -> bool:
+        """Can take a new connection now or very soon (idle, or still booting)."""
+        return not self.booted or self.idle_since is not None
+
+
+@dataclass
+class Identity:
+    """Who the workers run as."""
+
+    uid: int
+    gid: int
+    user_name: Optional[str]  # for initgroups; None for a numeric uid with no passwd entry
+
+    def is_current(self) -> bool:
+        return self.uid == os.geteuid() and self.gid == os.getegid()
+
+
+class Arbiter:
+    """Keep a pool of ``Worker`` processes accepting on ``listeners`` until stopped.
+
+    ``workers`` is the pool size (static) or its maximum (dynamic, ondemand).
+    ``app`` is a WSGI callable already loaded in this process (``serve(app)``
+    or ``--preload``); otherwise each worker loads ``app_spec`` after fork and
+    the master never imports the app.
+    """
+
+    def __init__(self, config: Config, listeners: Sequence[Any], addresses: Sequence[Address], *,
+                 workers: int, app: Optional[Callable[..., Any]] = None,
+                 app_spec: Optional[str] = None) -> None:
+        if app is None and app_spec is None:
+            raise ValueError("Arbiter needs app or app_spec")
+        self.config = config
+        self.listeners = list(listeners)
+        self.addresses = list(addresses)
+        self.target = workers  # static: the count; dynamic/ondemand: the maximum
+        self.app = app
+        self.app_spec = app_spec
+        self.pool: str = config.pool
+        self.label = app_spec or _callable_name(app)
+        self.workers: Dict[int, WorkerProcess] = {}
+        self.scoreboard = Scoreboard(max(MIN_SLOTS, 4 * workers))
+        self._free_slots = list(range(self.scoreboard.size - 1, -1, -1))
+        self._signals: List[int] = []
+        self._old_handlers: Dict[int, Any] = {}
+        self._old_wakeup_fd = -1
+        self._wakeup_r = self._wakeup_w = -1
+        self._report_r = self._report_w = -1  # children report app load errors here
+        self._reports: Dict[int, str] = {}
+        self._master_pid = os.getpid()
+        self._identity: Optional[Identity] = None
+        self._socket_files: Dict[str, Tuple[int, int]] = {}  # path -> (st_dev, st_ino) we created
+        self._pidfile_written = False
+        self._stopping: Optional[str] = None
+        self._exit_code = 0
+        self._boot_failures = 0  # consecutive workers that died at boot
+        self._boot_errors = 0  # ... of which with exit code 3, in a row
+        self._spawn_after = 0.0  # crash-storm back-off: no spawn before this time
+
+    # --- the loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped; the process exit code."""
+        try:
+            code = self._setup()
+            if code is not None:
+                return code
+            while True:
+                self._handle_signals()
+                self._reap()
+                if self._stopping and not self.workers:
+                    return self._exit_code
+                now = time.monotonic()
+                self._check_workers(now)
+                if not self._stopping:
+                    self._finish_reload()
+                    self._adjust_pool(now)
+                self._sleep()
+        finally:
+            self._teardown()
+
+    def _setup(self) -> Optional[int]:
+        """Everything before the first fork; an exit code if we cannot start."""
+        self._remember_socket_files()
+        try:
+            self._identity = _resolve_identity(self.config)
+        except ValueError as exc:
+            fail(str(exc))
+            return EXIT_BOOT_ERROR
+        self._warn_if_root()
+        self._chown_socket_files()
+        _set_title(f"wsgi_fcgi: master [{self.label}]")
+        if not self._write_pidfile():
+            return EXIT_BOOT_ERROR
+        if self.config.preload and self.app is None:
+            code = self._preload()
+            if code is not None:
+                return code
+        self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._install_signals()
+        error_log.info("master %d: %s pool of %s%d worker(s) for %s on %s", os.getpid(), self.pool,
+                       "up to " if self.pool != "static" else "", self.target, self.label,
+                       ", ".join(str(a) for a in self.addresses))
+        if self.pool == "ondemand" and self.app is None:
+            self._spawn(probe=True)  # find an unimportable app now, not at the first request
+        return None
+
+    def _sleep(self) -> None:
+        """Wait up to TICK for a signal (or, when the pool would grow for it, a waiting connection)."""
+        poller = select.poll()
+        poller.register(self._wakeup_r, select.POLLIN)
+        if self._want_connection_wakeup():
+            for sock in self.listeners:
+                poller.register(sock.fileno(), select.POLLIN)
+        timeout = max(0.0, min(TICK, self._next_deadline() - time.monotonic()))
+        for fd, _ in poller.poll(timeout * 1000):
+            if fd == self._wakeup_r:
+                _drain(self._wakeup_r)
+
+    def _next_deadline(self) -> float:
+        now = time.monotonic()
+        deadlines = [w.kill_at for w in self.workers.values() if w.kill_at]
+        if self._spawn_after > now:
+            deadlines.append(self._spawn_after)
+        return min(deadlines, default=now + TICK)
+
+    # --- signals ------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            self._old_handlers[sig] = signal.signal(sig, self._queue_signal)
+
+    def _queue_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+        # Runs between two bytecodes of the loop: only note it. SIGCHLD needs
+        # no entry; the wakeup byte is enough to make the loop reap.
+        if signum != signal.SIGCHLD and len(self._signals) < MAX_QUEUED_SIGNALS:
+            self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        actions: Dict[int, Callable[[], None]] = {
+            signal.SIGTERM: lambda: self._begin_stop(GRACEFUL),
+            signal.SIGINT: lambda: self._begin_stop(QUICK),
+            signal.SIGQUIT: lambda: self._begin_stop(QUICK),
+            signal.SIGHUP: self._reload,
+            signal.SIGTTIN: lambda: self._resize(+1),
+            signal.SIGTTOU: lambda: self._resize(-1),
+            signal.SIGUSR1: self._reopen_logs,
+        }
+        while self._signals:  # in arrival order: TTIN twice means two more workers
+            actions[self._signals.pop(0)]()
+
+    def _begin_stop(self, mode: str, code: int = 0) -> None:
+        """TERM: workers finish their request (up to --graceful-timeout).
+        INT/QUIT (and a halt): workers exit at once. A quick stop overrides a graceful one."""
+        if self._stopping == QUICK or (self._stopping and mode == GRACEFUL):
+            return
+        if self._stopping is None:
+            self._close_listeners()
+        self._stopping = mode
+        self._exit_code = self._exit_code or code
+        now = time.monotonic()
+        if mode == GRACEFUL:
+            sig, grace = signal.SIGTERM, self.config.graceful_timeout
+            error_log.info("stopping: %d worker(s) finish their requests (up to %gs)", len(self.workers), grace)
+        else:
+            sig, grace = signal.SIGQUIT, min(QUICK_STOP_GRACE, self.config.graceful_timeout)
+            if not code:  # a halt has said why already
+                error_log.info("stopping now")
+        for worker in self.workers.values():
+            self._signal(worker, sig)
+            worker.stop_reason = worker.stop_reason or "stop"
+            worker.kill_at = min(worker.kill_at or now + grace, now + grace)
+
+    def _reload(self) -> None:
+        """HUP: start a new generation of workers; retire the old one once it is up.
+        Listening sockets stay open throughout, so no connection is refused."""
+        if self._stopping:
+            return
+        if self.app is None:
+            error_log.info("reloading: new workers load %s afresh", self.label)
+        else:
+            error_log.info("reloading: new workers fork from the app loaded at start "
+                           "(--preload); restart the server to load changed code")
+        current = self._active()
+        for worker in current:
+            worker.old = True
+        count = self.target if self.pool == "static" else min(self.target, len(current))
+        if self.pool == "dynamic":
+            count = max(count, 1)
+        self._boot_failures = self._boot_errors = 0
+        self._spawn_after = 0.0
+        for _ in range(count):
+            self._spawn()
+
+    def _resize(self, delta: int) -> None:
+        """TTIN/TTOU: one worker more or fewer (the maximum, for dynamic and ondemand pools)."""
+        if self._stopping:
+            return
+        wanted = self.target + delta
+        if wanted < 1:
+            error_log.info("TTOU: already down to 1 worker")
+            return
+        if wanted * 2 > self.scoreboard.size:
+            error_log.warning("TTIN: at most %d workers (restart with a larger --workers)",
+                              self.scoreboard.size // 2)
+            return
+        error_log.info("%s: workers %d -> %d", "TTIN" if delta > 0 else "TTOU", self.target, wanted)
+        self.target = wanted
+
+    def _reopen_logs(self) -> None:
+        """USR1: reopen log files (after logrotate moved them), here and in the workers."""
+        error_log.info("reopening log files")
+        for handler in _file_handlers():
+            handler.acquire()
+            try:
+                if handler.stream:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGUSR1)
+
+    # --- children -----------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Collect every child that exited (no zombies), and decide what it means."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue  # not one of ours (e.g. a process a preloaded app started)
+            self._free_slots.append(worker.slot)
+            self._read_reports()
+            self._on_exit(worker, os.waitstatus_to_exitcode(status))
+
+    def _on_exit(self, worker: WorkerProcess, code: int) -> None:
+        pid, how = worker.pid, _describe_exit(code)
+        if worker.stop_reason:
+            log = error_log.warning if worker.stop_reason == "timeout" else error_log.debug
+            log("worker %d %s (%s)", pid, how, worker.stop_reason)
+        elif worker.probe and code == 0:
+            error_log.info("%s loads; workers start when connections arrive", self.label)
+        elif code == EXIT_APP_LOAD_ERROR and not worker.booted:
+            self._on_app_load_error(worker)
+        elif code == 0:
+            error_log.info("worker %d exited by itself (max requests served, or the master changed)", pid)
+        elif not worker.booted or time.monotonic() - worker.started < BOOT_WINDOW:
+            self._on_boot_failure(worker, code)
+        else:
+            error_log.error("worker %d %s; replacing it", pid, how)
+
+    def _on_app_load_error(self, worker: WorkerProcess) -> None:
+        """Exit 4: the app cannot be imported. Halt, unless workers are up that
+        can keep serving (a HUP after a bad deploy must not take the site down)."""
+        message = f"cannot load the app: {self._reports.pop(worker.pid, 'see the log above')}"
+        if not self._serving():
+            self._halt(EXIT_APP_LOAD_ERROR, message)
+        elif any(w.old for w in self.workers.values()):
+            error_log.error("reload failed, %s; the running workers keep serving the code they loaded", message)
+            self._cancel_reload()
+        else:
+            error_log.error("%s; %d running worker(s) keep serving", message, len(self._serving()))
+            self._back_off()
+
+    def _on_boot_failure(self, worker: WorkerProcess, code: int) -> None:
+        """A crash storm backs off exponentially; boot errors (exit 3) with no
+        worker up halt the server instead of looping."""
+        self._boot_failures += 1
+        self._boot_errors = self._boot_errors + 1 if code == EXIT_BOOT_ERROR else 0
+        if self._boot_errors >= BOOT_ERROR_LIMIT and not self._serving():
+            self._halt(EXIT_BOOT_ERROR, f"workers cannot boot ({self._boot_errors} in a row exited with "
+                                        f"code {EXIT_BOOT_ERROR}; see the log above)")
+            return
+        delay = self._back_off()
+        error_log.error("worker %d died at boot (%s); %d in a row, next start in %.1fs", worker.pid,
+                        _describe_exit(code), self._boot_failures, delay)
+
+    def _back_off(self) -> float:
+        failures = max(self._boot_failures, 1)
+        delay = 0.0 if failures == 1 else min(0.1 * 2 ** (failures - 2), MAX_BACKOFF)
+        self._spawn_after = time.monotonic() + delay
+        return delay
+
+    def _halt(self, code: int, message: str) -> None:
+        if self._stopping is None:
+            fail(message)
+        self._begin_stop(QUICK, code)
+
+    def _cancel_reload(self) -> None:
+        """The new generation cannot load the app: stop its booting workers and
+        make the old generation current again."""
+        for worker in self._active():
+            if not worker.booted:
+                self._stop_worker(worker, "reload failed", signal.SIGKILL, grace=1.0)
+        for worker in self.workers.values():
+            worker.old = False
+
+    def _check_workers(self, now: float) -> None:
+        """Read the scoreboard: note booted workers, kill hung and overdue ones."""
+        timeout = self.config.timeout
+        for worker in self.workers.values():
+            state = self.scoreboard.slot(worker.slot).read()
+            if state.pid == worker.pid:
+                worker.state = state
+                worker.booted = True
+                if self._boot_failures and now - worker.started >= BOOT_WINDOW:
+                    # Up and still alive after the boot window: the crash storm is over.
+                    self._boot_failures = self._boot_errors = 0
+            if worker.kill_at and now >= worker.kill_at:
+                error_log.warning("worker %d did not exit in time (%s); killing it",
+                                  worker.pid, worker.stop_reason or "stop")
+                self._signal(worker, signal.SIGKILL)
+                worker.kill_at = 0.0
+            elif timeout and state.pid == worker.pid and state.busy_since and now - state.busy_since > timeout \
+                    and worker.stop_reason != "timeout":
+                error_log.error("worker %d timed out after %gs handling %s; killing it",
+                                worker.pid, timeout, state.request or "a request")
+                # SIGABRT makes the worker log its stack before it exits.
+                self._stop_worker(worker, "timeout", signal.SIGABRT, grace=ABORT_GRACE)
+
+    def _finish_reload(self) -> None:
+        """Retire the old generation once every new worker has booted."""
+        old = [w for w in self.workers.values() if w.old and not w.stop_reason]
+        if old and all(w.booted for w in self._active()):
+            for worker in old:
+                self._retire(worker, "replaced by reload")
+
+    # --- pool sizing ------------------------------------------------------------------
+
+    def _active(self) -> List[WorkerProcess]:
+        """Current-generation workers not told to stop (what the pool size counts)."""
+        return [w for w in self.workers.values() if not (w.old or w.stop_reason or w.probe)]
+
+    def _serving(self) -> List[WorkerProcess]:
+        """Booted workers not told to stop, of any generation."""
+        return [w for w in self.workers.values() if w.booted and not w.stop_reason]
+
+    def _adjust_pool(self, now: float) -> None:
+        active = self._active()
+        self._retire_extra(active, len(active) - self.target)  # after TTOU
+        if self.pool == "static":
+            self._spawn_up_to(self.target - len(active), now)
+            return
+        spare = [w for w in active if w.spare]
+        if not spare and len(active) < self.target and self._connection_waiting():
+            self._spawn_up_to(1, now)  # a connection waits and every worker is busy
+        if self.pool == "dynamic":
+            floor = max(min(self.config.min_spare, self.target) - len(spare), 1 - len(active))
+            self._spawn_up_to(min(floor, self.target - len(active)), now)
+            self._retire_idle(active, len(spare) - self.config.max_spare, keep=1)
+        else:
+            self._retire_idle(active, len(active), keep=0)
+
+    def _spawn_up_to(self, count: int, now: float) -> None:
+        if count <= 0 or now < self._spawn_after:
+            return
+        if self._boot_failures:
+            count = 1  # in a crash storm, try one at a time
+        for _ in range(count):
+            self._spawn()
+
+    def _retire_extra(self, active: List[WorkerProcess], count: int) -> None:
+        """After TTOU: retire booting, then idle, then the oldest workers."""
+        if count <= 0:
+            return
+        order = sorted(active, key=lambda w: (w.booted, w.idle_since is None, w.started))
+        for worker in order[:count]:
+            self._retire(worker, "pool shrunk")
+
+    def _retire_idle(self, active: List[WorkerProcess], count: int, *, keep: int) -> None:
+        """Retire up to ``count`` workers idle for longer than --idle-timeout, longest idle first."""
+        cutoff = time.monotonic() - self.config.idle_timeout
+        idle = sorted((w for w in active if w.idle_since is not None and w.idle_since < cutoff),
+                      key=lambda w: w.idle_since or 0.0)
+        count = min(count, len(active) - keep)
+        for worker in idle[:max(count, 0)]:
+            self._retire(worker, "idle")
+
+    def _want_connection_wakeup(self) -> bool:
+        """Should a waiting connection wake the loop? Only when it would make us spawn,
+        otherwise a connection in the backlog would keep the poll returning at once."""
+        if self.pool == "static" or self._stopping or time.monotonic() < self._spawn_after:
+            return False
+        active = self._active()
+        return len(active) < self.target and not any(w.spare for w in active)
+
+    def _connection_waiting(self) -> bool:
+        """A connection sits in a listen backlog (the master never accepts it)."""
+        poller = select.poll()
+        for sock in self.listeners:
+            poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    # --- one worker ---------------------------------------------------------------
+
+    def _spawn(self, probe: bool = False) -> None:
+        if not self._free_slots:
+            error_log.warning("no scoreboard slot free; not starting a worker")
+            return
+        index = self._free_slots.pop()
+        self.scoreboard.slot(index).reset(0)  # no stale "busy" left by the slot's last owner
+        max_requests = self.config.max_requests
+        if max_requests:
+            max_requests += random.randint(0, self.config.max_requests_jitter)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self._free_slots.append(index)
+            error_log.error("cannot start a worker: %s", exc.strerror or exc)
+            self._boot_failures += 1
+            self._back_off()
+            return
+        if pid == 0:
+            self._worker_main(index, max_requests, probe)
+        self.workers[pid] = WorkerProcess(pid, index, time.monotonic(), probe=probe)
+        error_log.info("started %s %d", "a check that the app loads:" if probe else "worker", pid)
+
+    def _retire(self, worker: WorkerProcess, reason: str) -> None:
+        """TERM: the worker finishes the request in hand, then exits."""
+        error_log.info("retiring worker %d (%s)", worker.pid, reason)
+        self._stop_worker(worker, reason, signal.SIGTERM, grace=self.config.graceful_timeout)
+
+    def _stop_worker(self, worker: WorkerProcess, reason: str, sig: int, *, grace: float) -> None:
+        worker.stop_reason = reason
+        worker.kill_at = time.monotonic() + grace
+        self._signal(worker, sig)
+
+    def _signal(self, worker: WorkerProcess, sig: int) -> None:
+        try:
+            os.kill(worker.pid, sig)
+        except ProcessLookupError:
+            pass  # already gone; the next reap collects it
+
+    def _read_reports(self) -> None:
+        """Messages children wrote before exiting 4: ``pid<TAB>message`` lines."""
+        data = _drain(self._report_r)
+        for line in data.decode("utf-8", "replace").splitlines():
+            pid, _, message = line.partition("\t")
+            if pid.isdigit():
+                self._reports[int(pid)] = message
+
+    # --- in the child -------------------------------------------------------------
+
+    def _worker_main(self, index: int, max_requests: int, probe: bool) -> NoReturn:
+        """The forked child: load the app (unless preloaded), serve, exit. Never returns."""
+        code, booted = EXIT_BOOT_ERROR, False
+        try:
+            self._become_child()
+            _set_title(f"wsgi_fcgi: worker [{self.label}]")
+            if self._identity is not None and not self._identity.is_current():
+                _drop_privileges(self._identity)
+            app = self.app if self.app is not None else load_app(self.app_spec or "")
+            os.close(self._report_w)  # only boot failures are reported
+            if probe:
+                code = 0
+            else:
+                worker = Worker(app, self.listeners, script_name=self.config.script_name,
+                                max_requests=max_requests, read_timeout=self.config.read_timeout,
+                                keepalive_timeout=self.config.keepalive_timeout,
+                                limits=p.Limits(max_params_bytes=self.config.max_params_bytes,
+                                                max_params_count=self.config.max_params_count),
+                                max_conns=self.target, slot=self.scoreboard.slot(index),
+                                parent_pid=self._master_pid, multiprocess=True)
+                booted = True
+                worker.run()
+                code = 0
+        except AppLoadError as exc:
+            self._report(str(exc))  # the master prints it once, however many workers fail
+            code = EXIT_APP_LOAD_ERROR
+        except SystemExit as exc:  # INT/QUIT in the worker: exit now, quietly
+            code = exc.code if isinstance(exc.code, int) else 0
+        except BaseException:  # noqa: B902 - whatever it was, log it and leave the master a code
+            error_log.exception("worker %d %s", os.getpid(), "crashed" if booted else "failed to boot")
+            code = 1 if booted else EXIT_BOOT_ERROR
+        finally:
+            _flush_output()
+        os._exit(code)
+
+    def _become_child(self) -> None:
+        """Drop the master's signal plumbing. Until the Worker installs its own
+        handlers (after the app has loaded), TERM/INT/QUIT just end the process:
+        a booting worker holds no request."""
+        signal.set_wakeup_fd(-1)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, _exit_at_once)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for fd in (self._wakeup_r, self._wakeup_w, self._report_r):
+            os.close(fd)
+        self._signals.clear()
+        self.workers.clear()
+        for sock in self.listeners:
+            sock.set_inheritable(False)  # already so; app code may exec, it must not leak them
+
+    def _report(self, message: str) -> None:
+        data = f"{os.getpid()}\t{message}".replace("\n", " ")[:3000] + "\n"
+        try:
+            os.write(self._report_w, data.encode("utf-8", "replace"))
+        except OSError:
+            error_log.error("cannot load the app: %s", message)
+
+    # --- process hygiene -----------------------------------------------------------
+
+    def _preload(self) -> Optional[int]:
+        """--preload: import the app here so workers share its memory. With
+        --user the master drops privileges first: app code never runs as root."""
+        if self._identity is not None and not self._identity.is_current():
+            try:
+                _drop_privileges(self._identity)
+            except OSError as exc:
+                fail(f"cannot switch to --user/--group: {exc.strerror or exc}")
+                return EXIT_BOOT_ERROR
+        try:
+            self.app = load_app(self.app_spec or "")
+        except AppLoadError as exc:
+            fail(f"cannot load the app: {exc}")
+            return EXIT_APP_LOAD_ERROR
+        except KeyboardInterrupt:
+            return 0
+        return None
+
+    def _warn_if_root(self) -> None:
+        runs_as = self._identity.uid if self._identity is not None else os.geteuid()
+        if runs_as == 0 and not self.config.allow_root:
+            error_log.warning("running the app as root: pass --user to run workers unprivileged "
+                              "(or --allow-root to silence this warning)")
+
+    def _remember_socket_files(self) -> None:
+        # Only the files we created, and only while they are still ours: a
+        # server started while we drain may already have bound the same path.
+        for address in self.addresses:
+            if address.is_unix and not address.is_fd:
+                try:
+                    st = os.stat(str(address.target))
+                except OSError:
+                    continue
+                self._socket_files[str(address.target)] = (st.st_dev, st.st_ino)
+
+    def _chown_socket_files(self) -> None:
+        if self._identity is None or os.geteuid() != 0:
+            return
+        for path in self._socket_files:
+            try:
+                os.chown(path, self._identity.uid, self._identity.gid)
+            except OSError as exc:
+                error_log.warning("cannot chown %s: %s", path, exc.strerror or exc)
+
+    def _close_listeners(self) -> None:
+        """Stop taking connections: remove our socket files first, so a client
+        gets "refused" at once instead of waiting in a backlog nobody serves."""
+        for address in self.addresses:
+            path = str(address.target)
+            if path in self._socket_files:
+                try:
+                    st = os.stat(path)
+                    if (st.st_dev, st.st_ino) == self._socket_files[path]:
+                        cleanup(address)
+                except OSError:
+                    pass
+        self._socket_files.clear()
+        for sock in self.listeners:
+            sock.close()  # the workers' copies stay open until each one exits
+
+    def _write_pidfile(self) -> bool:
+        path = self.config.pidfile
+        if not path:
+            return True
+        temporary = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(temporary, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.replace(temporary, path)
+        except OSError as exc:
+            fail(f"cannot write --pid {path}: {exc.strerror or exc}")
+            return False
+        self._pidfile_written = True
+        return True
+
+    def _remove_pidfile(self) -> None:
+        path = self.config.pidfile
+        if not (path and self._pidfile_written):
+            return
+        try:
+            with open(path) as f:
+                ours = f.read().strip() == str(os.getpid())
+            if ours:
+                os.unlink(path)
+        except OSError as exc:
+            error_log.warning("cannot remove %s: %s", path, exc.strerror or exc)
+
+    def _teardown(self) -> None:
+        """Runs however run() ends: no child left behind, signals restored, files removed."""
+        if os.getpid() != self._master_pid:
+            return  # a child that got here by accident must not clean up the master's things
+        if self.workers:  # only after an unexpected error: kill and reap what is left
+            for worker in self.workers.values():
+                self._signal(worker, signal.SIGKILL)
+            for pid in list(self.workers):
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+            self.workers.clear()
+        if self._stopping is None:
+            self._close_listeners()
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        if self._wakeup_w >= 0:
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+        for fd in (self._wakeup_r, self._wakeup_w, self._report_r, self._report_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wakeup_r = self._wakeup_w = self._report_r = self._report_w = -1
+        self._remove_pidfile()
+        if self._exit_code == 0:
+            error_log.info("master %d: stopped", os.getpid())
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _exit_at_once(signum: int, frame: Optional[FrameType]) -> None:
+    os._exit(0)
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    try:
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    except (BlockingIOError, OSError):
+        pass
+    return b"".join(chunks)
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _set_title(title: str) -> None:
+    if _setproctitle is not None:
+        _setproctitle(title)
+
+
+def _callable_name(app: Any) -> str:
+    module = getattr(app, "__module__", None) or "?"
+    name = getattr(app, "__qualname__", None) or getattr(app, "__name__", None) or type(app).__name__
+    return f"{module}:{name}"
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _file_handlers() -> List[logging.FileHandler]:
+    loggers: List[logging.Logger] = [logging.getLogger()]
+    loggers += [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    found: List[logging.FileHandler] = []
+    for logger in loggers:
+        found += [h for h in logger.handlers if isinstance(h, logging.FileHandler) and h not in found]
+    return found
+
+
+def _resolve_identity(config: Config) -> Optional[Identity]:
+    """--user/--group as ids; None when neither is given. ValueError when we cannot switch."""
+    import grp
+    import pwd
+
+    if config.user is None and config.group is None:
+        return None
+    user_name: Optional[str] = None
+    uid, gid = os.geteuid(), os.getegid()
+    if config.user is not None:
+        try:
+            entry = pwd.getpwuid(int(config.user)) if config.user.isdigit() else pwd.getpwnam(config.user)
+        except KeyError:
+            entry = None
+        uid = entry.pw_uid if entry else int(config.user)
+        user_name = entry.pw_name if entry else None
+        gid = entry.pw_gid if entry else gid
+    if config.group is not None:
+        gid = int(config.group) if config.group.isdigit() else grp.getgrnam(config.group).gr_gid
+    identity = Identity(uid, gid, user_name)
+    if os.geteuid() != 0 and not identity.is_current():
+        raise ValueError("--user/--group: only a server started as root can switch to another user")
+    return identity
+
+
+def _drop_privileges(identity: Identity) -> None:
+    """Groups first (setgid needs root), then the uid, for good."""
+    if identity.user_name is not None:
+        os.initgroups(identity.user_name, identity.gid)
+    else:
+        os.setgroups([identity.gid])
+    os.setgid(identity.gid)
+    os.setuid(identity.uid)
