@@ -434,16 +434,17 @@ class ServerConnection:
         if rid == FCGI_NULL_REQUEST_ID:
             self._handle_management(record)
             return None
-        if rtype not in _APPLICATION_TYPES:
-            raise ProtocolError(f"record type {rtype} with request id {rid}")
         if rtype == FCGI_BEGIN_REQUEST:
             return self._begin(record)
         active = self._active
         if active is None or active.request_id != rid:
-            # The spec: records for an inactive request id are ignored.
+            # The spec: records for an inactive request id are ignored (as
+            # libfcgi does, whatever their type) -- unless no web server sends that type.
             if rtype in (FCGI_STDOUT, FCGI_STDERR, FCGI_END_REQUEST):
                 raise ProtocolError(f"record type {rtype} is sent by applications, not to them")
             return None
+        if rtype not in _APPLICATION_TYPES:
+            raise ProtocolError(f"unknown record type {rtype} for the active request {rid}")
         if rtype == FCGI_PARAMS:
             return self._params(active, record.content)
         if rtype == FCGI_STDIN:
@@ -456,7 +457,9 @@ class ServerConnection:
 
     def _handle_management(self, record: Record) -> None:
         if record.type == FCGI_GET_VALUES:
-            names = [name for name, _ in decode_pairs(record.content, self.limits)]
+            # Each known name answered once, whatever a peer repeats: the answer
+            # must fit one record.
+            names = dict.fromkeys(name for name, _ in decode_pairs(record.content, self.limits))
             known = [(n.encode("latin-1"), self.values[n].encode("latin-1")) for n in names if n in self.values]
             self._outgoing.append(encode_record(FCGI_GET_VALUES_RESULT, 0, encode_pairs(known)))
         elif record.type in _APPLICATION_TYPES:
@@ -506,6 +509,8 @@ class ServerConnection:
             return StdinEnd(active.request_id)
         if active.role != FCGI_FILTER:
             raise ProtocolError("DATA record for a request that is not in the FILTER role")
+        if not active.stdin_done:
+            raise ProtocolError("DATA record before the end of STDIN (inputs are sent one after the other)")
         if active.data_done:
             raise ProtocolError("DATA record after the end of the DATA stream")
         if content:
