@@ -89,8 +89,11 @@ def test_env_split_and_url_for(site: Site):
     assert env["full_path"] == "/env?x=1&y=%20z"
     assert env["url_scheme"] == "http"
     assert env["url_for"] == f"{site.prefix}/"
-    # Needs `fastcgi_param HTTP_HOST $host:$server_port;` from the templates:
-    # Debian's fastcgi_params alone would drop the port.
+    # The templates add `fastcgi_param HTTP_HOST $host:$server_port;` after
+    # Debian's `HTTP_HOST $host` (which drops the port): nginx sends both
+    # pairs, and the later one must win. Host is a single-valued header
+    # (nginx answers 400 to a request with two), so it is never a list.
+    assert env["HTTP_HOST"] == f"127.0.0.1:{site.web.port}"
     assert env["url_for_external"] == f"{site.origin}{site.prefix}/"
 
 

@@ -118,6 +118,7 @@ def create_app():
             PATH_INFO=environ.get("PATH_INFO"),
             REQUEST_URI=environ.get("REQUEST_URI"),
             QUERY_STRING=environ.get("QUERY_STRING"),
+            HTTP_HOST=environ.get("HTTP_HOST"),
             url_scheme=environ.get("wsgi.url_scheme"),
             url_for=url_for("index"),
             url_for_external=url_for("index", _external=True),
