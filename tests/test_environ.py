@@ -1064,3 +1064,14 @@ def test_fixture_json_round_trip_is_latin1() -> None:
         for name, value in fixture.pairs:
             name.encode("latin-1")
             value.encode("latin-1")
+
+
+def test_repeated_http_host_keeps_the_last_value() -> None:
+    # Debian's fastcgi_params sends HTTP_HOST $host; the documented override
+    # HTTP_HOST $host:$server_port follows it. Joining them would give Werkzeug
+    # an invalid host and break url_for(_external=True).
+    pairs = [("HTTP_HOST", "example.com"), ("HTTP_HOST", "example.com:8080"), ("HTTP_X_DUP", "one"),
+             ("HTTP_X_DUP", "two")]
+    environ = build_environ(pairs)
+    assert environ["HTTP_HOST"] == "example.com:8080"
+    assert environ["HTTP_X_DUP"] == "one, two"

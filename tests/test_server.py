@@ -57,8 +57,9 @@ def raw_connect(address: str) -> socket.socket:
 
 def request_bytes(request_id: int = 1, path: str = "/hello", keep_conn: bool = False, body: bytes = b"",
                   role: int = p.FCGI_RESPONDER) -> bytes:
-    pairs = [(b"REQUEST_METHOD", b"POST" if body else b"GET"), (b"SCRIPT_NAME", b""), (b"PATH_INFO", path.encode()),
-             (b"QUERY_STRING", b""), (b"REQUEST_URI", path.encode()), (b"SERVER_NAME", b"localhost"),
+    path_info, _, query = path.partition("?")
+    pairs = [(b"REQUEST_METHOD", b"POST" if body else b"GET"), (b"SCRIPT_NAME", b""), (b"PATH_INFO", path_info.encode()),
+             (b"QUERY_STRING", query.encode()), (b"REQUEST_URI", path.encode()), (b"SERVER_NAME", b"localhost"),
              (b"SERVER_PORT", b"80"), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"CONTENT_LENGTH", str(len(body)).encode())]
     stdin = b"".join(bytes(b) for b in p.encode_stream(p.FCGI_STDIN, request_id, body))
     return (p.encode_begin_request(request_id, role, keep_conn) + p.encode_params(request_id, pairs)
@@ -175,7 +176,7 @@ def test_unknown_management_record_gets_unknown_type_and_the_connection_stays(se
 def test_second_request_id_on_a_busy_connection_gets_cant_mpx_conn(server: Any) -> None:
     srv = server()
     with raw_connect(srv.address) as sock:
-        first = request_bytes(1, "/sleep")
+        first = request_bytes(1, "/sha256", body=b"abc")  # the app reads STDIN to its end
         sock.sendall(first[:-8] + request_bytes(2))  # request 2 arrives before request 1's STDIN ends
         sock.sendall(p.encode_record(p.FCGI_STDIN, 1))
         events = read_events(sock, lambda e: is_end(e) and e.request_id == 1)
@@ -244,9 +245,10 @@ def test_abort_request_closes_the_iterable_and_ends_the_request(server: Any, tmp
     srv = server("--workers", "1")
     started, closed = tmp_path / "started", tmp_path / "closed"
     with raw_connect(srv.address) as sock:
-        whole = request_bytes(path=f"/read-then-close?started={started}&closed={closed}", body=b"x" * 100000,
-                              keep_conn=True)
-        sock.sendall(whole[:len(whole) // 2])
+        head = request_bytes(path=f"/read-then-close?started={started}&closed={closed}", body=b"x" * 100000,
+                             keep_conn=True)
+        head = head[:head.index(p.encode_record(p.FCGI_PARAMS, 1)) + 8]  # BEGIN_REQUEST and PARAMS
+        sock.sendall(head + p.encode_record(p.FCGI_STDIN, 1, b"x" * 1000))
         wait_for(started.exists, what="the app to start")
         sock.sendall(p.encode_record(p.FCGI_ABORT_REQUEST, 1))
         events = read_events(sock, is_end)

@@ -145,10 +145,13 @@ def _merge_duplicates(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """Merge repeated names: ``HTTP_*`` values are joined as HTTP does for a
     repeated header field (``"; "`` for cookies, RFC 9113 8.2.3), and any
     other name keeps its last value, because nginx sends an included
-    ``fastcgi_param`` and its later override as two pairs."""
+    ``fastcgi_param`` and its later override as two pairs. HTTP_HOST is one
+    of those: a client cannot send Host twice (nginx answers 400), but the
+    documented ``fastcgi_param HTTP_HOST $host:$server_port`` override
+    follows Debian's ``HTTP_HOST $host``."""
     env: dict[str, str] = {}
     for name, value in pairs:
-        if name in env and name.startswith("HTTP_"):
+        if name in env and name.startswith("HTTP_") and name != "HTTP_HOST":
             env[name] = env[name] + ("; " if name == "HTTP_COOKIE" else ", ") + value
         else:
             env[name] = value
@@ -166,6 +169,13 @@ def _split_path(env: dict[str, str], mount: str | None) -> tuple[str, str]:
     """
     sn = env.get("SCRIPT_NAME", "")
     pi = env.get("PATH_INFO")
+    if pi is None and "SCRIPT_NAME" not in env:
+        # Neither sent: the AUTHORIZER role (spec 6.3) -- the path being
+        # authorized is the one the client asked for.
+        uri = env.get("REQUEST_URI")
+        path = _decoded_request_path(uri) if uri else None
+        sn, pi = "", path or ""
+        return _apply_mount(sn, pi, mount)
     if pi is None:
         pi = ""
         # 5.1 Server did not split: the whole decoded path is in SCRIPT_NAME.
@@ -206,7 +216,11 @@ def _split_path(env: dict[str, str], mount: str | None) -> tuple[str, str]:
     if pi and pi[0] != "/":
         pi = "/" + pi
 
-    # 5.4 A configured mount point wins when it fits the path.
+    return _apply_mount(sn, pi, mount)
+
+
+def _apply_mount(sn: str, pi: str, mount: str | None) -> tuple[str, str]:
+    """5.4 A configured mount point wins when it fits the path."""
     if mount is not None:
         mount = _normalize_mount(mount)
         full = sn + pi

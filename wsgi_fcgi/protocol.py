@@ -81,6 +81,11 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+class IncompleteRecord(ProtocolError):
+    """The peer closed the connection in the middle of a record: a client that
+    went away rather than one that speaks the protocol wrongly."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Caps checked against declared lengths before anything is allocated."""
@@ -341,7 +346,7 @@ class RecordReader:
         buf = self._buffer
         if len(buf) < FCGI_HEADER_LEN:
             if self._eof and buf:
-                raise ProtocolError("connection closed inside a record header")
+                raise IncompleteRecord("connection closed inside a record header")
             return None
         version, record_type, request_id, length, padding = HEADER.unpack_from(buf)
         if version != FCGI_VERSION_1:
@@ -349,7 +354,7 @@ class RecordReader:
         total = FCGI_HEADER_LEN + length + padding
         if len(buf) < total:
             if self._eof:
-                raise ProtocolError("connection closed inside a record")
+                raise IncompleteRecord("connection closed inside a record")
             return None
         content = bytes(buf[FCGI_HEADER_LEN:FCGI_HEADER_LEN + length])
         del buf[:total]

@@ -93,11 +93,14 @@ class Connection:
         """If the empty STDIN record is already buffered (a GET from nginx arrives
         in one segment), note it: the connection can then be closed without a
         lingering drain."""
-        if self.proto.has_buffered_data:
-            event = self.next_event()
-            if isinstance(event, p.StdinEnd):
-                self.input_finished = True
-            self._stash = event
+        if self._stash is not None or not self.proto.has_buffered_data:
+            return
+        event: Any = self.proto.next_event()  # from the buffer only: never waits for the peer
+        if event is p.NEED_DATA:
+            return
+        if isinstance(event, p.StdinEnd):
+            self.input_finished = True
+        self._stash = event
 
     # Channel for the handler
     def read_stdin(self) -> bytes:
@@ -111,6 +114,8 @@ class Connection:
             event = self.next_event()
         except ReadTimeout:
             raise ClientDisconnected("the web server sent nothing within the read timeout") from None
+        except p.IncompleteRecord:
+            raise ClientDisconnected("the web server closed the connection") from None
         except p.ProtocolError as exc:
             error_log.warning("protocol error from %s: %s", self.peer or "peer", exc.reason)
             raise ClientDisconnected(f"protocol error: {exc.reason}") from None
@@ -345,6 +350,8 @@ class Worker:
             error_log.info("closing connection from %s: no data within %gs", conn.peer or "peer",
                            self.read_timeout)
             conn.close()
+        except p.IncompleteRecord:
+            conn.close()  # the peer went away between our reads: nothing to report
         except p.ProtocolError as exc:
             error_log.warning("protocol error from %s, closing the connection: %s", conn.peer or "peer",
                               exc.reason)
