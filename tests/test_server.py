@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -58,7 +58,8 @@ def raw_connect(address: str) -> socket.socket:
 def request_bytes(request_id: int = 1, path: str = "/hello", keep_conn: bool = False, body: bytes = b"",
                   role: int = p.FCGI_RESPONDER) -> bytes:
     path_info, _, query = path.partition("?")
-    pairs = [(b"REQUEST_METHOD", b"POST" if body else b"GET"), (b"SCRIPT_NAME", b""), (b"PATH_INFO", path_info.encode()),
+    pairs = [(b"REQUEST_METHOD", b"POST" if body else b"GET"), (b"SCRIPT_NAME", b""),
+             (b"PATH_INFO", path_info.encode()),
              (b"QUERY_STRING", query.encode()), (b"REQUEST_URI", path.encode()), (b"SERVER_NAME", b"localhost"),
              (b"SERVER_PORT", b"80"), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"CONTENT_LENGTH", str(len(body)).encode())]
     stdin = b"".join(bytes(b) for b in p.encode_stream(p.FCGI_STDIN, request_id, body))
