@@ -33,7 +33,7 @@ from .scoreboard import Slot, private_slot
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # below malloc's mmap threshold: no mmap/munmap per recv
 MAX_IOV = 512  # buffers per sendmsg call, well under IOV_MAX (1024)
 MAX_IDLE_CONNECTIONS = 32  # kept-alive connections one worker holds while idle
 LINGER_SECONDS = 2.0
