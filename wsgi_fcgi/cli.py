@@ -74,6 +74,8 @@ def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
 def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: Optional[str] = None) -> int:
     """Listen, then serve until stopped. Returns the process exit code."""
     setup_logging(config.log_level)
+    if config.umask is not None:
+        os.umask(config.umask)  # before binding: it covers the socket file and everything the app creates
     if config.chdir:
         try:
             os.chdir(config.chdir)
