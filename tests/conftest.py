@@ -9,6 +9,17 @@
 - ``nginx(site="app-root.conf", socket=...)`` starts nginx with a template of
   ``examples/nginx/`` and returns a ``support.webservers.Nginx``: ``.url``,
   ``.port``, ``.pid``, ``.error_log_text()``, ``.stop()``.
+- ``tls_cert`` (session): a throwaway self-signed ``TLSCert`` for the HTTPS
+  listeners.
+- ``shared_dirs`` (session): ``shared_dirs("prefix-")`` makes a temp dir the
+  web server user (www-data) can enter, removed at the end of the session.
+- ``hosting_venv`` (session): a virtualenv made with the system python, with
+  Flask (and Django when installed) and this checkout's wsgi_fcgi, for apps
+  that Apache or lighttpd start as www-data.
+
+Module-scoped ``site`` fixtures (``support.sites.Site``) share one web server
+across a module's tests; when such a test fails, the site's logs are added
+to its report.
 
 Everything is stopped by PID at teardown, and a failed test gets the
 server's stderr and the web server's logs in its report.
@@ -16,6 +27,8 @@ server's stderr and the web server's logs in its report.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, List
@@ -23,7 +36,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 from support.processes import WsgiFcgiServer, short_socket_dir
-from support.webservers import Nginx
+from support.webservers import Nginx, TLSCert, hosting_venv as make_hosting_venv, shared_temp_dir
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -86,3 +99,44 @@ def nginx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[.
         server.stop()
         if failed:
             request.node.add_report_section("teardown", f"nginx ({server.site}) logs", server.error_log_text())
+
+
+@pytest.fixture(scope="session")
+def shared_dirs() -> Iterator[Callable[[str], Path]]:
+    made: List[Path] = []
+
+    def make(prefix: str) -> Path:
+        path = shared_temp_dir(prefix)
+        made.append(path)
+        return path
+
+    yield make
+    if os.environ.get("WSGI_FCGI_KEEP_TMP"):
+        print(f"kept: {' '.join(map(str, made))}")
+        return
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_cert(shared_dirs: Callable[[str], Path]) -> TLSCert:
+    return TLSCert.create(shared_dirs("wfcgi-tls-"))
+
+
+@pytest.fixture(scope="session")
+def hosting_venv(shared_dirs: Callable[[str], Path]) -> Path:
+    dists = ["flask"] + (["django"] if importlib.util.find_spec("django") else [])
+    return make_hosting_venv(shared_dirs("wfcgi-venv-") / "venv", dists)
+
+
+@pytest.fixture(autouse=True)
+def _site_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "site" in request.fixturenames and _failed(request):
+        try:
+            site = request.getfixturevalue("site")
+        except Exception:  # the fixture itself failed: its error says why
+            return
+        logs = getattr(site, "logs", None)
+        if callable(logs):
+            request.node.add_report_section("teardown", "site logs", logs())

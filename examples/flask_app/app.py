@@ -8,6 +8,7 @@ UTF-8 paths, request bodies, streamed responses).
 """
 
 import hashlib
+import os
 
 from flask import Flask, Response, abort, jsonify, render_template_string, request, url_for
 
@@ -119,13 +120,33 @@ def create_app():
             REQUEST_URI=environ.get("REQUEST_URI"),
             QUERY_STRING=environ.get("QUERY_STRING"),
             HTTP_HOST=environ.get("HTTP_HOST"),
+            # httpoxy: a client's "Proxy:" header must never show up here.
+            HTTP_PROXY=environ.get("HTTP_PROXY"),
             url_scheme=environ.get("wsgi.url_scheme"),
             url_for=url_for("index"),
             url_for_external=url_for("index", _external=True),
             path=request.path,
             full_path=request.full_path,
             args=request.args.to_dict(flat=False),
+            pid=os.getpid(),
         )
+
+    @app.route("/whoami")
+    def whoami():
+        # Behind a FastCGI authorizer (docs/apache-authorizer.md): the user it
+        # accepted, and the Variable-AUTHZ_* headers it sent, as CGI variables.
+        environ = request.environ
+        return jsonify(
+            REMOTE_USER=environ.get("REMOTE_USER"),
+            authz={k: v for k, v in environ.items() if k.startswith("AUTHZ_")},
+        )
+
+    @app.route("/error")
+    def error():
+        # Shows where an unhandled exception ends up: a 500 for the client,
+        # the traceback on wsgi_fcgi's stderr (the web server's error log
+        # when the web server started the app). See docs/troubleshooting.md.
+        raise RuntimeError("example error from /error")
 
     @app.route("/stream")
     def stream():

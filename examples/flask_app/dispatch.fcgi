@@ -11,6 +11,10 @@ import sys
 # Path of a virtualenv that holds Flask and wsgi_fcgi, e.g. "/home/me/venv".
 # Leave empty to use the packages of the python3 found on PATH.
 VIRTUALENV = ""
+# Directory that holds app.py, e.g. "/home/me/flask_app". Keep it outside
+# the document root, or the web server may serve your source code. Leave
+# empty for the directory of this file.
+APP_DIR = ""
 
 if VIRTUALENV:
     python = os.path.join(VIRTUALENV, "bin", "python")
@@ -19,7 +23,7 @@ if VIRTUALENV:
         # match it, and fd 0 (the listening socket) survives exec.
         os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, APP_DIR or os.path.dirname(os.path.abspath(__file__)))
 
 from wsgi_fcgi import serve  # noqa: E402
 

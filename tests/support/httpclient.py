@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import random
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
@@ -48,19 +49,30 @@ class HTTPResult:
 
 
 class HTTPClient:
-    """Requests to one ``http://host:port`` base URL.
+    """Requests to one ``http://host:port`` or ``https://host:port`` base URL
+    (https: the test servers' self-signed certificates are not verified).
 
     Each call uses a new connection unless it is made through
     ``connection()``, which keeps one open (HTTP keep-alive)."""
 
     def __init__(self, base_url: str, timeout: float = 60.0) -> None:
         parts = urlsplit(base_url)
-        assert parts.scheme == "http" and parts.hostname and parts.port, base_url
+        assert parts.scheme in ("http", "https") and parts.hostname and parts.port, base_url
+        self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port
         self.timeout = timeout
 
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
     def connection(self) -> http.client.HTTPConnection:
+        if self.scheme == "https":
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=context)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def request(
