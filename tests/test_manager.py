@@ -540,3 +540,17 @@ def test_user_runs_workers_unprivileged(wsgi_server):
     with open(f"/proc/{srv.pid}/status") as f:
         assert re.search(r"^Uid:\s+0\s", f.read(), re.M)  # the master keeps root (to clean up)
     assert "running the app as root" not in srv.stderr_text()
+
+
+def test_umask_reaches_the_workers(server):
+    srv = server("--workers", "1", "--umask", "027")
+    [worker] = wait_workers(srv, 1)
+    with open(f"/proc/{worker}/status") as f:
+        assert re.search(r"^Umask:\s+0027$", f.read(), re.M)
+
+
+def test_unknown_user_is_a_usage_error(tmp_path):
+    result = run_to_exit(tmp_path, ["--user", "no_such_user_xyz", APP])
+    assert result.returncode == 2
+    assert "--user: no user named 'no_such_user_xyz'" in result.stderr
+    assert "Traceback" not in result.stderr

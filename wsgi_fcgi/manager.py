@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -143,6 +144,15 @@ class Arbiter:
         self._boot_failures = 0  # consecutive workers that died at boot
         self._boot_errors = 0  # ... of which with exit code 3, in a row
         self._spawn_after = 0.0  # crash-storm back-off: no spawn before this time
+        self._actions: Dict[int, Callable[[], None]] = {
+            signal.SIGTERM: lambda: self._begin_stop(GRACEFUL),
+            signal.SIGINT: lambda: self._begin_stop(QUICK),
+            signal.SIGQUIT: lambda: self._begin_stop(QUICK),
+            signal.SIGHUP: self._reload,
+            signal.SIGTTIN: lambda: self._resize(+1),
+            signal.SIGTTOU: lambda: self._resize(-1),
+            signal.SIGUSR1: self._reopen_logs,
+        }
 
     # --- the loop ---------------------------------------------------------------
 
@@ -183,6 +193,10 @@ class Arbiter:
             code = self._preload()
             if code is not None:
                 return code
+        if self.app is not None:
+            # Keep the collector off the objects the workers inherit: touching
+            # their GC headers would copy the shared pages into every worker.
+            gc.freeze()
         self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._install_signals()
         error_log.info("master %d: %s pool of %s%d worker(s) for %s on %s", os.getpid(), self.pool,
@@ -226,17 +240,8 @@ class Arbiter:
             self._signals.append(signum)
 
     def _handle_signals(self) -> None:
-        actions: Dict[int, Callable[[], None]] = {
-            signal.SIGTERM: lambda: self._begin_stop(GRACEFUL),
-            signal.SIGINT: lambda: self._begin_stop(QUICK),
-            signal.SIGQUIT: lambda: self._begin_stop(QUICK),
-            signal.SIGHUP: self._reload,
-            signal.SIGTTIN: lambda: self._resize(+1),
-            signal.SIGTTOU: lambda: self._resize(-1),
-            signal.SIGUSR1: self._reopen_logs,
-        }
         while self._signals:  # in arrival order: TTIN twice means two more workers
-            actions[self._signals.pop(0)]()
+            self._actions[self._signals.pop(0)]()
 
     def _begin_stop(self, mode: str, code: int = 0) -> None:
         """TERM: workers finish their request (up to --graceful-timeout).
@@ -307,7 +312,7 @@ class Arbiter:
                 handler.stream = handler._open()
             finally:
                 handler.release()
-        for worker in self.workers.values():
+        for worker in self._serving():  # a booting worker opens its files afresh anyway
             self._signal(worker, signal.SIGUSR1)
 
     # --- children -----------------------------------------------------------------
@@ -324,9 +329,12 @@ class Arbiter:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue  # not one of ours (e.g. a process a preloaded app started)
+            if self.scoreboard.slot(worker.slot).read().pid == pid:
+                worker.booted = True  # it may have booted and exited between two looks
             self._free_slots.append(worker.slot)
             self._read_reports()
             self._on_exit(worker, os.waitstatus_to_exitcode(status))
+            self._reports.pop(pid, None)
 
     def _on_exit(self, worker: WorkerProcess, code: int) -> None:
         pid, how = worker.pid, _describe_exit(code)
@@ -474,7 +482,8 @@ class Arbiter:
     def _want_connection_wakeup(self) -> bool:
         """Should a waiting connection wake the loop? Only when it would make us spawn,
         otherwise a connection in the backlog would keep the poll returning at once."""
-        if self.pool == "static" or self._stopping or time.monotonic() < self._spawn_after:
+        if self.pool == "static" or self._stopping or time.monotonic() < self._spawn_after \
+                or not self._free_slots:
             return False
         active = self._active()
         return len(active) < self.target and not any(w.spare for w in active)
@@ -537,8 +546,17 @@ class Arbiter:
     # --- in the child -------------------------------------------------------------
 
     def _worker_main(self, index: int, max_requests: int, probe: bool) -> NoReturn:
-        """The forked child: load the app (unless preloaded), serve, exit. Never returns."""
-        code, booted = EXIT_BOOT_ERROR, False
+        """The forked child. Whatever happens in it, it must never return into the master's loop."""
+        code = EXIT_BOOT_ERROR
+        try:
+            code = self._serve_as_worker(index, max_requests, probe)
+        finally:
+            _flush_output()
+            os._exit(code)
+
+    def _serve_as_worker(self, index: int, max_requests: int, probe: bool) -> int:
+        """Load the app (unless preloaded) and serve; the exit code."""
+        booted = False
         try:
             self._become_child()
             _set_title(f"wsgi_fcgi: worker [{self.label}]")
@@ -547,29 +565,25 @@ class Arbiter:
             app = self.app if self.app is not None else load_app(self.app_spec or "")
             os.close(self._report_w)  # only boot failures are reported
             if probe:
-                code = 0
-            else:
-                worker = Worker(app, self.listeners, script_name=self.config.script_name,
-                                max_requests=max_requests, read_timeout=self.config.read_timeout,
-                                keepalive_timeout=self.config.keepalive_timeout,
-                                limits=p.Limits(max_params_bytes=self.config.max_params_bytes,
-                                                max_params_count=self.config.max_params_count),
-                                max_conns=self.target, slot=self.scoreboard.slot(index),
-                                parent_pid=self._master_pid, multiprocess=True)
-                booted = True
-                worker.run()
-                code = 0
+                return 0
+            worker = Worker(app, self.listeners, script_name=self.config.script_name,
+                            max_requests=max_requests, read_timeout=self.config.read_timeout,
+                            keepalive_timeout=self.config.keepalive_timeout,
+                            limits=p.Limits(max_params_bytes=self.config.max_params_bytes,
+                                            max_params_count=self.config.max_params_count),
+                            max_conns=self.target, slot=self.scoreboard.slot(index),
+                            parent_pid=self._master_pid, multiprocess=True)
+            booted = True
+            worker.run()
+            return 0
         except AppLoadError as exc:
             self._report(str(exc))  # the master prints it once, however many workers fail
-            code = EXIT_APP_LOAD_ERROR
+            return EXIT_APP_LOAD_ERROR
         except SystemExit as exc:  # INT/QUIT in the worker: exit now, quietly
-            code = exc.code if isinstance(exc.code, int) else 0
+            return exc.code if isinstance(exc.code, int) else 0
         except BaseException:  # noqa: B902 - whatever it was, log it and leave the master a code
             error_log.exception("worker %d %s", os.getpid(), "crashed" if booted else "failed to boot")
-            code = 1 if booted else EXIT_BOOT_ERROR
-        finally:
-            _flush_output()
-        os._exit(code)
+            return 1 if booted else EXIT_BOOT_ERROR
 
     def _become_child(self) -> None:
         """Drop the master's signal plumbing. Until the Worker installs its own
@@ -580,7 +594,8 @@ class Arbiter:
             signal.signal(sig, signal.SIG_DFL)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, _exit_at_once)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal's hang-up is the master's business
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # its default would kill a booting worker
         for fd in (self._wakeup_r, self._wakeup_w, self._report_r):
             os.close(fd)
         self._signals.clear()
@@ -651,8 +666,10 @@ class Arbiter:
                     st = os.stat(path)
                     if (st.st_dev, st.st_ino) == self._socket_files[path]:
                         cleanup(address)
-                except OSError:
+                except FileNotFoundError:
                     pass
+                except OSError as exc:  # e.g. --preload --user: the master dropped root
+                    error_log.warning("cannot remove %s: %s", path, exc.strerror or exc)
         self._socket_files.clear()
         for sock in self.listeners:
             sock.close()  # the workers' copies stay open until each one exits
