@@ -17,6 +17,7 @@ one place per server.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -168,10 +169,16 @@ class SiteChecks:
             assert env["REQUEST_URI"] == f"{site.prefix}/env/a%2Fb"  # only here it survives
             assert site.http.get(f"{site.prefix}/hello/a%2Fb").status == 404  # <name> has no "/"
 
-    def test_encoded_question_mark_stays_in_path(self, site: Site) -> None:
-        env = site.http.get(f"{site.prefix}/env/a%3Fb?q=1").json()
+    def test_encoded_question_mark_and_percent_stay_in_path(self, site: Site) -> None:
+        r = site.http.get(f"{site.prefix}/env/a%3Fb?q=1")
+        assert r.status == 200, r.body
+        env = r.json()
         assert env["PATH_INFO"] == "/env/a?b"
         assert env["QUERY_STRING"] == "q=1"
+        assert env["args"] == {"q": ["1"]}
+        r = site.http.get(f"{site.prefix}/env/100%25/a%2523")
+        assert r.status == 200, r.body
+        assert r.json()["PATH_INFO"] == "/env/100%/a%23"
 
     def test_query_string_is_raw(self, site: Site) -> None:
         qs = "a=1&a=2&b=%26%3D&c=caf%C3%A9&d=+&e"
@@ -251,7 +258,9 @@ def error_log_has(text: str, pattern: str) -> bool:
     return re.search(pattern, text) is not None
 
 
-def start_app_server(stack: ExitStack, base: Path, *args: str, app: str = "app:app", **options: object) -> WsgiFcgiServer:
+def start_app_server(
+    stack: ExitStack, base: Path, *args: str, app: str = "app:app", **options: object
+) -> WsgiFcgiServer:
     """wsgi_fcgi serving ``app`` for a web server that runs as www-data: its
     socket in ``base/sock`` (enterable by everyone) with the documented mode
     0660 and group www-data (``--group``: the master still runs as root, so
@@ -268,3 +277,44 @@ def start_app_server(stack: ExitStack, base: Path, *args: str, app: str = "app:a
     stack.callback(server.stop)
     server.start()
     return server
+
+
+def install_dispatch(example: Path, dest: Path, *, virtualenv: Path, app_dir: Path) -> Path:
+    """Copy an example ``dispatch.fcgi`` to ``dest`` and fill in its
+    ``VIRTUALENV = ""`` and ``APP_DIR = ""`` lines, as the docs tell a user
+    to; fails if the example no longer has those lines."""
+    text = example.read_text()
+    for name, value in (("VIRTUALENV", virtualenv), ("APP_DIR", app_dir)):
+        line = f'{name} = ""'
+        assert text.count(line) == 1, f"{example} has no single line {line!r} to edit"
+        text = text.replace(line, f'{name} = "{value}"')
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    dest.chmod(0o755)
+    return dest
+
+
+@dataclass
+class HostingHome:
+    """A shared-hosting user's files: ``public_html`` (document root),
+    ``app_dir`` (the app's code), ``fcgi_bin`` (for ScriptAlias)."""
+
+    root: Path
+    public_html: Path
+    app_dir: Path
+    fcgi_bin: Path
+
+
+def hosting_home(base: Path, venv: Path, app_example: Path, *, htaccess: Optional[Path] = None) -> HostingHome:
+    """Lay out a user's home under ``base``: the example app's ``*.py``
+    files (and packages) in ``~/<app>``, its dispatch.fcgi (VIRTUALENV and
+    APP_DIR filled in) in ``~/public_html`` and ``~/fcgi-bin``, and
+    ``htaccess`` as ``~/public_html/.htaccess``."""
+    root = base / "home"
+    home = HostingHome(root, root / "public_html", root / app_example.name, root / "fcgi-bin")
+    shutil.copytree(app_example, home.app_dir, ignore=shutil.ignore_patterns("__pycache__", "*.fcgi", "*.md"))
+    for target in (home.public_html, home.fcgi_bin):
+        install_dispatch(app_example / "dispatch.fcgi", target / "dispatch.fcgi", virtualenv=venv, app_dir=home.app_dir)
+    if htaccess is not None:
+        shutil.copyfile(htaccess, home.public_html / ".htaccess")
+    return home
