@@ -24,7 +24,16 @@ from typing import Iterator
 import pytest
 
 from support.httpclient import HTTPClient
-from support.sites import BARE_APP, BARE_REDIRECT, SLASH_404, Site, SiteChecks, start_app_server, unix_connections, wait_for
+from support.sites import (
+    BARE_APP,
+    BARE_REDIRECT,
+    SLASH_404,
+    Site,
+    SiteChecks,
+    start_app_server,
+    unix_connections,
+    wait_for,
+)
 from support.webservers import Apache
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(60)]

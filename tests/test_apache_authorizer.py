@@ -1,0 +1,217 @@
+"""wsgi_fcgi as a FastCGI AUTHORIZER behind a real Apache (mod_authnz_fcgi),
+with examples/apache/authorizer.conf and examples/authorizer/authorizer.py
+(shown in docs/apache-authorizer.md).
+
+Apache asks the authorizer (wsgi_fcgi over TCP: mod_authnz_fcgi has no unix
+sockets) about each request for /protected/, which is the example Flask app
+behind mod_proxy_fcgi. Checked: an allowed request reaches the app with the
+authorizer's Variable-AUTHZ_* as CGI variables and its user as REMOTE_USER;
+a denied one gets the authorizer's own status, headers and body; the
+authorizer is asked again for every request, and sees the request's path.
+
+Two wsgi_fcgi bugs keep the Apache-level tests failing (strict xfail; both
+reproduced below at the FastCGI level, without Apache):
+- NO_STDIN: mod_authnz_fcgi sends BEGIN_REQUEST(AUTHORIZER), PARAMS and the
+  empty PARAMS record, but never an FCGI_STDIN record (its source: "Don't
+  even send an empty AP_FCGI_STDIN block"). wsgi_fcgi's handler
+  (_prepare_input: no CONTENT_LENGTH -> read_stdin() to spool a chunked
+  body) waits for STDIN that never comes; Apache gives up after its fixed
+  30 s I/O timeout and answers 500. The fixture's --read-timeout 1 only
+  makes that failure fast.
+- SPLIT_BODY: wsgi_fcgi sends the response headers and the body in separate
+  FCGI_STDOUT records; mod_authnz_fcgi keeps, for a denial, only the body
+  bytes in the same record as the end of the headers, so the client gets
+  Apache's generic error page instead of the authorizer's body.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Iterator
+
+import pytest
+
+from support import EXAMPLES_DIR
+from support.httpclient import HTTPClient
+from support.processes import WsgiFcgiServer
+from support.sites import start_app_server
+from support.webservers import Apache, free_port
+
+pytestmark = [pytest.mark.webserver, pytest.mark.timeout(60)]
+
+NO_STDIN = pytest.mark.xfail(
+    strict=True,
+    reason="wsgi_fcgi waits for FCGI_STDIN in the AUTHORIZER role; mod_authnz_fcgi never sends it (500 after timeout)",
+)
+SPLIT_BODY = pytest.mark.xfail(
+    strict=True,
+    reason="wsgi_fcgi sends headers and body in separate STDOUT records; mod_authnz_fcgi drops a denial's body",
+)
+
+
+@dataclass
+class Protected:
+    web: Apache
+    authorizer: WsgiFcgiServer
+    app: WsgiFcgiServer
+
+    @property
+    def http(self) -> HTTPClient:
+        return HTTPClient(self.web.url, timeout=30)
+
+    def logs(self) -> str:
+        return "\n".join(
+            [
+                f"### apache\n{self.web.error_log_text()}",
+                f"### authorizer\n{self.authorizer.stderr_text()}",
+                f"### app\n{self.app.stderr_text()}",
+            ]
+        )
+
+
+@pytest.fixture(scope="module")
+def site(shared_dirs) -> Iterator[Protected]:
+    base = shared_dirs("wfcgi-authorizer-")
+    with ExitStack() as stack:
+        address = f"127.0.0.1:{free_port()}"
+        authorizer = WsgiFcgiServer(
+            "authorizer:app", ["--bind", address, "--workers", "2", "--allow-root", "--read-timeout", "1"],
+            workdir=base / "authorizer", pythonpath=[EXAMPLES_DIR / "authorizer"],
+        )  # fmt: skip
+        stack.callback(authorizer.stop)
+        authorizer.start()
+        app = start_app_server(stack, base, "--script-name", "/protected")
+        web = Apache(base / "apache", "authorizer.conf", {"authorizer": address, "socket": app.socket_path})
+        stack.callback(web.stop)
+        web.start()
+        yield Protected(web, authorizer, app)
+
+
+@NO_STDIN
+def test_allowed_request_reaches_app_with_variables(site: Protected) -> None:
+    r = site.http.get("/protected/whoami", headers={"X-Api-Key": "alice-secret"})
+    assert r.status == 200, r.body
+    assert r.json() == {"REMOTE_USER": "alice", "authz": {"AUTHZ_USER": "alice", "AUTHZ_ROLE": "editor"}}
+
+
+@NO_STDIN
+def test_allowed_request_routes_in_the_app(site: Protected) -> None:
+    r = site.http.get("/protected/env?x=1", headers={"X-Api-Key": "bob-secret"})
+    assert r.status == 200, r.body
+    env = r.json()
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == ("/protected", "/env", "x=1")
+
+
+@NO_STDIN
+@SPLIT_BODY
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_denied_request_gets_the_authorizers_answer(site: Protected, key) -> None:
+    headers = {"X-Api-Key": key} if key else {}
+    r = site.http.get("/protected/whoami", headers=headers)
+    assert r.status == 401
+    assert r.json() == {"error": "missing or unknown API key"}
+    assert r.header("WWW-Authenticate") == 'Bearer realm="protected"'
+
+
+@NO_STDIN
+@SPLIT_BODY
+def test_authorizer_sees_the_path(site: Protected) -> None:
+    r = site.http.get("/protected/admin/x", headers={"X-Api-Key": "bob-secret"})
+    assert r.status == 403
+    assert r.json() == {"error": "bob may not see /protected/admin/x"}
+    # the same path is fine for another role (then the app's own 404)
+    assert site.http.get("/protected/admin/x", headers={"X-Api-Key": "alice-secret"}).status == 404
+
+
+@NO_STDIN
+def test_asked_for_every_request(site: Protected) -> None:
+    for n in range(5):
+        key = "alice-secret" if n % 2 else "nope"
+        r = site.http.get(f"/protected/hello/n{n}", headers={"X-Api-Key": key})
+        assert r.status == (200 if n % 2 else 401), (n, r.body)
+
+
+def test_unprotected_paths_do_not_ask(site: Protected) -> None:
+    assert site.http.get("/elsewhere").status == 404  # Apache's, no authorizer involved
+
+
+# -- the two bugs at the FastCGI level, as mod_authnz_fcgi talks ------------------
+
+
+def _authorizer_request(address: str, headers: dict, *, send_stdin: bool) -> bytes:
+    """BEGIN_REQUEST(AUTHORIZER), PARAMS, empty PARAMS -- and, unlike
+    mod_authnz_fcgi, an empty STDIN record if ``send_stdin``. Returns all
+    bytes received until END_REQUEST, the peer closing, or 3 s of silence."""
+    host, _, port = address.rpartition(":")
+
+    def record(rtype: int, content: bytes) -> bytes:
+        return struct.pack("!BBHHBx", 1, rtype, 1, len(content), 0) + content
+
+    def pair(name: str, value: str) -> bytes:
+        n, v = name.encode(), value.encode()
+        return bytes([len(n), len(v)]) + n + v
+
+    params = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/protected/whoami", "FCGI_APACHE_ROLE": "AUTHENTICATOR"}
+    params.update(headers)
+    data = record(1, struct.pack("!HB5x", 2, 0)) + record(4, b"".join(pair(k, v) for k, v in params.items()))
+    data += record(4, b"") + (record(5, b"") if send_stdin else b"")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=3) as sock:
+        sock.sendall(data)
+        try:
+            while b"\x01\x03\x00\x01" not in received:  # END_REQUEST, request id 1
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except socket.timeout:
+            pass
+    return received
+
+
+def _stdout_records(data: bytes) -> list:
+    records = []
+    while len(data) >= 8:
+        _, rtype, _, length, padding = struct.unpack("!BBHHB", data[:7])
+        if rtype == 6 and length:
+            records.append(data[8 : 8 + length])
+        data = data[8 + length + padding :]
+    return records
+
+
+@pytest.fixture(scope="module")
+def authorizer_alone(shared_dirs) -> Iterator[str]:
+    base = shared_dirs("wfcgi-authorizer-alone-")
+    address = f"127.0.0.1:{free_port()}"
+    server = WsgiFcgiServer(
+        "authorizer:app", ["--bind", address, "--workers", "1", "--allow-root"],
+        workdir=base, pythonpath=[EXAMPLES_DIR / "authorizer"],
+    )  # fmt: skip
+    try:
+        server.start()
+        yield address
+    finally:
+        server.stop()
+
+
+def test_authorizer_answers_once_params_end_with_stdin(authorizer_alone: str) -> None:
+    """Control: with an empty STDIN record (not what Apache sends) it answers."""
+    out = _authorizer_request(authorizer_alone, {"HTTP_X_API_KEY": "alice-secret"}, send_stdin=True)
+    assert b"Status: 200 OK\r\nVariable-AUTHZ_USER: alice\r\n" in out
+
+
+@NO_STDIN
+def test_authorizer_answers_without_stdin(authorizer_alone: str) -> None:
+    out = _authorizer_request(authorizer_alone, {"HTTP_X_API_KEY": "alice-secret"}, send_stdin=False)
+    assert b"Status: 200 OK\r\nVariable-AUTHZ_USER: alice\r\n" in out
+
+
+@SPLIT_BODY
+def test_denial_headers_and_body_in_one_stdout_record(authorizer_alone: str) -> None:
+    out = _authorizer_request(authorizer_alone, {}, send_stdin=True)
+    first = _stdout_records(out)[0]
+    assert first.startswith(b"Status: 401 Unauthorized\r\n")
+    assert first.endswith(b'\r\n\r\n{"error": "missing or unknown API key"}')
