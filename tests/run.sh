@@ -20,11 +20,18 @@ cd "$(dirname "$0")/.."
 PYTHON3=${PYTHON3:-python3}
 
 # package -> a file that package installs
+# (mod_proxy_fcgi, mod_authnz_fcgi and mod_ssl come with apache2; openssl
+# makes the throwaway TLS certificates; the system python3 runs the apps
+# that Apache and lighttpd start as www-data, from a virtualenv the tests
+# make with it.)
 DEB_NEEDS="
 nginx-light:/usr/sbin/nginx
 apache2:/usr/sbin/apache2
 libapache2-mod-fcgid:/usr/lib/apache2/modules/mod_fcgid.so
 lighttpd:/usr/sbin/lighttpd
+lighttpd-mod-openssl:/usr/lib/lighttpd/mod_openssl.so
+openssl:/usr/bin/openssl
+python3:/usr/bin/python3
 curl:/usr/bin/curl
 libfcgi-bin:/usr/bin/cgi-fcgi
 "
@@ -67,7 +74,7 @@ fi
 stamp=.venv/.wsgi_fcgi-test-install
 want=$(cat pyproject.toml setup.cfg 2>/dev/null | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
-        || ! .venv/bin/python -c 'import wsgi_fcgi, pytest, pytest_timeout, hypothesis, flask' >/dev/null 2>&1; then
+        || ! .venv/bin/python -c 'import wsgi_fcgi, pytest, pytest_timeout, hypothesis, flask, django' >/dev/null 2>&1; then
     PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[test]'
     echo "$want" > "$stamp"
 fi
