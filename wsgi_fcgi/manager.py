@@ -163,12 +163,13 @@ class Arbiter:
             if code is not None:
                 return code
             while True:
+                self._observe_workers()  # first: every decision below depends on who is up
                 self._handle_signals()
                 self._reap()
                 if self._stopping and not self.workers:
                     return self._exit_code
                 now = time.monotonic()
-                self._check_workers(now)
+                self._kill_overdue(now)
                 if not self._stopping:
                     self._finish_reload()
                     self._adjust_pool(now)
@@ -398,23 +399,30 @@ class Arbiter:
         for worker in self.workers.values():
             worker.old = False
 
-    def _check_workers(self, now: float) -> None:
-        """Read the scoreboard: note booted workers, kill hung and overdue ones."""
-        timeout = self.config.timeout
+    def _observe_workers(self) -> None:
+        """Read the scoreboard: who has booted, who is idle (since when), who is busy (with what)."""
+        now = time.monotonic()
         for worker in self.workers.values():
             state = self.scoreboard.slot(worker.slot).read()
-            if state.pid == worker.pid:
-                worker.state = state
-                worker.booted = True
-                if self._boot_failures and now - worker.started >= BOOT_WINDOW:
-                    # Up and still alive after the boot window: the crash storm is over.
-                    self._boot_failures = self._boot_errors = 0
+            if state.pid != worker.pid:
+                continue  # still booting: its Worker has not claimed the slot yet
+            worker.state = state
+            worker.booted = True
+            if self._boot_failures and now - worker.started >= BOOT_WINDOW:
+                # Up and still alive after the boot window: the crash storm is over.
+                self._boot_failures = self._boot_errors = 0
+
+    def _kill_overdue(self, now: float) -> None:
+        """SIGKILL workers past their stop deadline; SIGABRT those busy beyond --timeout."""
+        timeout = self.config.timeout
+        for worker in self.workers.values():
+            state = worker.state
             if worker.kill_at and now >= worker.kill_at:
                 error_log.warning("worker %d did not exit in time (%s); killing it",
                                   worker.pid, worker.stop_reason or "stop")
                 self._signal(worker, signal.SIGKILL)
                 worker.kill_at = 0.0
-            elif timeout and state.pid == worker.pid and state.busy_since and now - state.busy_since > timeout \
+            elif timeout and state is not None and state.busy_since and now - state.busy_since > timeout \
                     and worker.stop_reason != "timeout":
                 error_log.error("worker %d timed out after %gs handling %s; killing it",
                                 worker.pid, timeout, state.request or "a request")
