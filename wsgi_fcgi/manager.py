@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 error_log = logging.getLogger("wsgi_fcgi.error")
 
 TICK = 1.0  # longest sleep between two looks at the workers
+BOOT_POLL = 0.1  # ... while a worker boots (its boot cannot wake us; a reload waits for it)
 ABORT_GRACE = 3.0  # a timed-out worker gets SIGABRT, then SIGKILL this much later
 QUICK_STOP_GRACE = 2.0  # INT/QUIT: how long workers get to exit before SIGKILL
 BOOT_WINDOW = 1.0  # a worker dying this soon after its fork died "at boot"
@@ -222,6 +223,8 @@ class Arbiter:
     def _next_deadline(self) -> float:
         now = time.monotonic()
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at]
+        if any(not w.booted and not w.stop_reason for w in self.workers.values()):
+            deadlines.append(now + BOOT_POLL)
         if self._spawn_after > now:
             deadlines.append(self._spawn_after)
         return min(deadlines, default=now + TICK)
