@@ -267,7 +267,7 @@ def start_app_server(
     it can read this checkout and the test venv). Stopped when ``stack``
     closes."""
     sock_dir = base / "sock"
-    sock_dir.mkdir(exist_ok=True)
+    sock_dir.mkdir(parents=True, exist_ok=True)
     sock_dir.chmod(0o755)
     if not any(a == "--bind" or a.startswith("--bind=") for a in args):
         args = ("--bind", f"unix:{sock_dir / 'app.sock'}", *args)
