@@ -30,6 +30,10 @@ What nginx does on the way, asserted so that it stays documented:
 
 from __future__ import annotations
 
+import re
+import shlex
+import signal
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -38,9 +42,9 @@ from typing import Iterator, List
 
 import pytest
 
-from support import REPO_ROOT
+from support import FLASK_APP_DIR, REPO_ROOT
 from support.httpclient import MiB, HashingPayload, HTTPClient, multipart_file, pattern_chunks, sha256_of
-from support.processes import WsgiFcgiServer
+from support.processes import ManagedProcess, WsgiFcgiServer, can_connect, server_env
 from support.sites import BARE_APP, BARE_REDIRECT, SLASH_DECODED, Site, SiteChecks, start_app_server, wait_for
 from support.webservers import Nginx, free_port
 
@@ -288,8 +292,6 @@ def test_upstream_failover_when_one_instance_stops(shared_dirs):
 
 def _worker_pids(server: WsgiFcgiServer) -> set:
     """Worker PIDs from the master's log ("started worker N")."""
-    import re
-
     return {int(m) for m in re.findall(r"started worker (\d+)", server.stderr_text())}
 
 
@@ -308,3 +310,69 @@ def test_graceful_stop_after_traffic(wsgi_server, nginx):
     assert server.leftover_pids == []
     # nginx now reports the backend as unavailable
     assert http.get("/hello/x").status == 502
+
+
+# -- the systemd unit of docs/systemd.md ------------------------------------------
+
+
+def _unit_service_section(path: Path) -> dict:
+    """``[Service]`` of a systemd unit as {key: [values]} (keys may repeat)."""
+    section, values = None, {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section == "[Service]":
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), []).append(value.strip())
+    return values
+
+
+def test_systemd_unit_exec_start_serves_behind_nginx(shared_dirs):
+    """examples/systemd/flask_app.service as systemd would run it, with its
+    install paths mapped to this checkout: ExecStart from WorkingDirectory,
+    the socket in RuntimeDirectory; nginx in front; ExecReload's HUP keeps
+    serving; KillSignal stops it cleanly within TimeoutStopSec."""
+    unit = _unit_service_section(REPO_ROOT / "examples" / "systemd" / "flask_app.service")
+    base = shared_dirs("wfcgi-systemd-")
+    runtime_dir = base / "run" / unit["RuntimeDirectory"][0]
+    runtime_dir.mkdir(parents=True)
+    mapping = {
+        "/srv/flask_app/venv/bin/python": sys.executable,
+        f"/run/{unit['RuntimeDirectory'][0]}": str(runtime_dir),
+    }
+    argv = shlex.split(unit["ExecStart"][0])
+    argv = [mapping.get(a, a) for a in argv]
+    argv = [a.replace(f"/run/{unit['RuntimeDirectory'][0]}/", f"{runtime_dir}/") for a in argv]
+    assert argv[0] == sys.executable, "ExecStart no longer starts with the venv's python"
+    assert unit["WorkingDirectory"] == ["/srv/flask_app/app"]
+    assert unit["KillSignal"] == ["SIGTERM"] and unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    socket_path = runtime_dir / "app.sock"
+    assert f"unix:{socket_path}" in argv
+    service = ManagedProcess(
+        [*argv, "--allow-root"], name="flask_app.service", log_path=base / "service.log",
+        cwd=FLASK_APP_DIR, env=server_env(),
+    )  # fmt: skip
+    with ExitStack() as stack:
+        stack.callback(service.stop)
+        service.start()
+        service.wait_until(lambda: can_connect(f"unix:{socket_path}"), timeout=20, what="listening")
+        web = Nginx(base / "nginx", "app-root.conf", {"socket": socket_path})
+        stack.callback(web.stop)
+        web.start()
+        http = HTTPClient(web.url)
+        assert http.get("/hello/systemd").text == "Hello, systemd!"
+        started = re.compile(r"started worker (\d+)")
+        wait_for(lambda: len(started.findall(service.output_text())) == 4, timeout=20, what="4 workers")
+        old = set(started.findall(service.output_text()))
+        service.send_signal(signal.SIGHUP)  # systemctl reload
+        wait_for(lambda: len(started.findall(service.output_text())) >= 8, timeout=20, what="new workers after HUP")
+        new = set(started.findall(service.output_text())) - old
+        wait_for(lambda: str(http.get("/env").json()["pid"]) in new, timeout=20, what="a new worker answering")
+        timeout = float(unit["TimeoutStopSec"][0])
+        assert service.stop(signal.SIGTERM, timeout) == 0, service.output_text()  # systemctl stop
+        assert service.leftover_pids == []
+        assert not socket_path.exists()
