@@ -23,6 +23,7 @@ process behind.
 from __future__ import annotations
 
 import pwd
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator, Optional
@@ -137,3 +138,28 @@ def _get_ok(site: Site) -> bool:
         return site.http.get("/hello/again").status == 200
     except OSError:
         return False
+
+
+def test_deploy_takes_effect_when_dispatch_fcgi_is_replaced(shared_dirs, hosting_venv) -> None:
+    """docs/apache-mod_fcgid.md's deploy step. mod_fcgid keeps the app's
+    process running, so new code is not loaded by itself (nor by touching
+    dispatch.fcgi); a new dispatch.fcgi file (new inode: cp + mv) makes
+    mod_fcgid start a new process for the next request."""
+    web, home = start_fcgid_site(shared_dirs("wfcgi-fcgid-deploy-"), hosting_venv, "htaccess")
+    with ExitStack() as stack:
+        stack.callback(web.stop)
+        web.start()
+        site = Site("deploy", web, "", SLASH_404)
+        assert site.http.get("/hello/x").text == "Hello, x!"
+        app_py = home.app_dir / "app.py"
+        code = app_py.read_text()
+        assert code.count('f"Hello, {name}!"') == 1
+        app_py.write_text(code.replace('f"Hello, {name}!"', 'f"Hi, {name}!"'))
+        dispatch = home.public_html / "dispatch.fcgi"
+        dispatch.touch()
+        assert site.http.get("/hello/x").text == "Hello, x!"  # still the old process
+        # the deploy step: cp dispatch.fcgi dispatch.fcgi.new && mv dispatch.fcgi.new dispatch.fcgi
+        new = dispatch.with_name("dispatch.fcgi.new")
+        shutil.copy2(dispatch, new)
+        new.replace(dispatch)
+        assert site.http.get("/hello/x").text == "Hi, x!"
