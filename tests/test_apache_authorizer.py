@@ -9,19 +9,12 @@ authorizer's Variable-AUTHZ_* as CGI variables and its user as REMOTE_USER;
 a denied one gets the authorizer's own status, headers and body; the
 authorizer is asked again for every request, and sees the request's path.
 
-Two wsgi_fcgi bugs keep the Apache-level tests failing (strict xfail; both
-reproduced below at the FastCGI level, without Apache):
-- NO_STDIN: mod_authnz_fcgi sends BEGIN_REQUEST(AUTHORIZER), PARAMS and the
-  empty PARAMS record, but never an FCGI_STDIN record (its source: "Don't
-  even send an empty AP_FCGI_STDIN block"). wsgi_fcgi's handler
-  (_prepare_input: no CONTENT_LENGTH -> read_stdin() to spool a chunked
-  body) waits for STDIN that never comes; Apache gives up after its fixed
-  30 s I/O timeout and answers 500. The fixture's --read-timeout 1 only
-  makes that failure fast.
-- SPLIT_BODY: wsgi_fcgi sends the response headers and the body in separate
-  FCGI_STDOUT records; mod_authnz_fcgi keeps, for a denial, only the body
-  bytes in the same record as the end of the headers, so the client gets
-  Apache's generic error page instead of the authorizer's body.
+Two things mod_authnz_fcgi needs from the bridge, each also pinned below at
+the FastCGI level without Apache:
+- it sends BEGIN_REQUEST(AUTHORIZER), PARAMS and the empty PARAMS record but
+  never an FCGI_STDIN record, so the authorizer must not wait for one;
+- for a denial it keeps only the body bytes in the same FCGI_STDOUT record
+  as the end of the headers, so the head and the body share a record.
 """
 
 from __future__ import annotations
@@ -41,16 +34,6 @@ from support.sites import start_app_server
 from support.webservers import Apache, free_port
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(60)]
-
-NO_STDIN = pytest.mark.xfail(
-    strict=True,
-    reason="wsgi_fcgi waits for FCGI_STDIN in the AUTHORIZER role; mod_authnz_fcgi never sends it (500 after timeout)",
-)
-SPLIT_BODY = pytest.mark.xfail(
-    strict=True,
-    reason="wsgi_fcgi sends headers and body in separate STDOUT records; mod_authnz_fcgi drops a denial's body",
-)
-
 
 @dataclass
 class Protected:
@@ -90,14 +73,12 @@ def site(shared_dirs) -> Iterator[Protected]:
         yield Protected(web, authorizer, app)
 
 
-@NO_STDIN
 def test_allowed_request_reaches_app_with_variables(site: Protected) -> None:
     r = site.http.get("/protected/whoami", headers={"X-Api-Key": "alice-secret"})
     assert r.status == 200, r.body
     assert r.json() == {"REMOTE_USER": "alice", "authz": {"AUTHZ_USER": "alice", "AUTHZ_ROLE": "editor"}}
 
 
-@NO_STDIN
 def test_allowed_request_routes_in_the_app(site: Protected) -> None:
     r = site.http.get("/protected/env?x=1", headers={"X-Api-Key": "bob-secret"})
     assert r.status == 200, r.body
@@ -105,8 +86,6 @@ def test_allowed_request_routes_in_the_app(site: Protected) -> None:
     assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == ("/protected", "/env", "x=1")
 
 
-@NO_STDIN
-@SPLIT_BODY
 @pytest.mark.parametrize("key", [None, "wrong"])
 def test_denied_request_gets_the_authorizers_answer(site: Protected, key) -> None:
     headers = {"X-Api-Key": key} if key else {}
@@ -116,8 +95,6 @@ def test_denied_request_gets_the_authorizers_answer(site: Protected, key) -> Non
     assert r.header("WWW-Authenticate") == 'Bearer realm="protected"'
 
 
-@NO_STDIN
-@SPLIT_BODY
 def test_authorizer_sees_the_path(site: Protected) -> None:
     r = site.http.get("/protected/admin/x", headers={"X-Api-Key": "bob-secret"})
     assert r.status == 403
@@ -126,7 +103,6 @@ def test_authorizer_sees_the_path(site: Protected) -> None:
     assert site.http.get("/protected/admin/x", headers={"X-Api-Key": "alice-secret"}).status == 404
 
 
-@NO_STDIN
 def test_asked_for_every_request(site: Protected) -> None:
     for n in range(5):
         key = "alice-secret" if n % 2 else "nope"
@@ -203,13 +179,11 @@ def test_authorizer_answers_once_params_end_with_stdin(authorizer_alone: str) ->
     assert b"Status: 200 OK\r\nVariable-AUTHZ_USER: alice\r\n" in out
 
 
-@NO_STDIN
 def test_authorizer_answers_without_stdin(authorizer_alone: str) -> None:
     out = _authorizer_request(authorizer_alone, {"HTTP_X_API_KEY": "alice-secret"}, send_stdin=False)
     assert b"Status: 200 OK\r\nVariable-AUTHZ_USER: alice\r\n" in out
 
 
-@SPLIT_BODY
 def test_denial_headers_and_body_in_one_stdout_record(authorizer_alone: str) -> None:
     out = _authorizer_request(authorizer_alone, {}, send_stdin=True)
     first = _stdout_records(out)[0]

@@ -485,3 +485,43 @@ def test_filter_role_offers_the_data_stream() -> None:
     channel = FakeChannel([b"stdin"], data=[b"hello", b" world"])
     RequestHandler(app).handle(channel, 1, p.FCGI_FILTER, params)
     assert channel.stdout().endswith(b"stdin|HELLO WORLD")
+
+
+def test_end_records_go_with_the_chunk_that_completes_content_length(caplog: Any) -> None:
+    def app(environ: Dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", "6")])
+        yield b"abc"
+        yield b"def"
+        yield b"extra"  # past Content-Length: an app bug, never sent
+
+    with caplog.at_level(logging.WARNING, logger="wsgi_fcgi.error"):
+        channel, usable = run(app)
+    assert usable
+    assert len(channel.sends) == 2
+    last = FakeChannel([])
+    last.sends = [channel.sends[1]]
+    assert [type(e) for e in last.records()] == [p.Stdout, p.Stdout, p.EndRequest]  # data, end of STDOUT
+    assert channel.stdout().endswith(b"\r\n\r\nabcdef")
+    assert "past the Content-Length" in caplog.text
+
+
+def test_header_block_shares_a_record_with_the_start_of_the_body() -> None:
+    def app(environ: Dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+        yield b"no entry"
+
+    channel, _ = run(app)
+    first = [e for e in channel.records() if isinstance(e, p.Stdout)][0]
+    assert first.data == b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nno entry"
+
+
+def test_authorizer_does_not_wait_for_stdin() -> None:
+    channel = FakeChannel([])
+
+    def app(environ: Dict[str, Any], start_response: Any) -> List[bytes]:
+        assert environ["wsgi.input"].read() == b""
+        start_response("200 OK", [])
+        return [b""]
+
+    RequestHandler(app).handle(channel, 1, p.FCGI_AUTHORIZER, BASE_PARAMS)
+    assert channel.stdin_reads == 0 and channel.ended()

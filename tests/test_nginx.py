@@ -120,7 +120,7 @@ class TestNginx(SiteChecks):
                 assert site.http.get(f"/hello/n{n}", conn=conn).status == 200
             # nginx keeps its FastCGI connections open (FCGI_KEEP_CONN): a
             # few are established now, not one per request. (Counted before
-            # the client closes: see the xfail test below.)
+            # the client closes: see the test below.)
             assert 1 <= _established_tcp_connections(port) <= 8
         finally:
             conn.close()
@@ -139,21 +139,13 @@ def _established_tcp_connections(port: int) -> int:
     return count
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsgi_fcgi sends END_REQUEST in a later write than the last body bytes; a client that closes "
-    "as soon as it has the body makes nginx drop the upstream keepalive connection",
-)
 def test_keepalive_survives_clients_that_close_after_the_body(shared_dirs) -> None:
     """Most clients close (or reuse) their connection as soon as they have
-    Content-Length bytes. wsgi_fcgi flushes each body chunk of an iterable
-    response (every Flask response) and only then sends the empty STDOUT and
-    END_REQUEST records; nginx, seeing the client go while the upstream
-    response is unfinished, closes the kept-alive FastCGI connection
+    Content-Length bytes. If the end records came in a later write than the
+    last body bytes, nginx would see the client go while the upstream
+    response looked unfinished and close the kept-alive FastCGI connection
     ("client prematurely closed connection, so upstream connection is closed
-    too"): about half of the connections are thrown away. Sending the end
-    records with the last chunk (e.g. once Content-Length bytes are written)
-    would keep them all."""
+    too"). wsgi_fcgi sends them with the chunk that completes Content-Length."""
     with ExitStack() as stack:
         site = start_nginx_site("keepalive-tcp", shared_dirs("wfcgi-nginx-keepalive-close-"), stack)
         for n in range(20):

@@ -38,6 +38,7 @@ WSGIApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
 
 SPOOL_THRESHOLD = 1024 * 1024  # bodies of unknown length: memory up to here, then a temp file
 FILE_BLOCK_SIZE = 65535
+MERGE_LIMIT = 65536  # a first body chunk up to this size shares the header block's record
 
 _STATUS_RE = re.compile(r"[0-9]{3}( [\t\x20-\x7e\x80-\xff]*)?")
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -268,6 +269,10 @@ class RequestHandler:
         Whatever the app leaves unread needs no draining: once END_REQUEST is
         sent the request id is inactive and the protocol layer skips its records.
         """
+        if role == p.FCGI_AUTHORIZER:
+            # No body: mod_authnz_fcgi sends no STDIN record at all, not even the empty one.
+            environ["wsgi.input"] = io.BytesIO()
+            return
         if role == p.FCGI_FILTER:
             body, size = spool(channel.read_stdin, channel.read_stdin())
             environ["wsgi.input"] = body
@@ -331,10 +336,19 @@ class RequestHandler:
 
 
 class Response:
-    """start_response, write() and the STDOUT framing of one request."""
+    """start_response, write() and the STDOUT framing of one request.
+
+    Two framing rules matter to real web servers. The header block travels in
+    the same record as the start of the body (mod_authnz_fcgi keeps only the
+    body bytes that share a record with the end of the headers). And once the
+    body reaches the app's Content-Length, the end of STDOUT and END_REQUEST
+    go out in the same send: a client that closes as soon as it has its bytes
+    would otherwise make nginx throw away its kept-alive upstream connection,
+    since the FastCGI response looked unfinished.
+    """
 
     __slots__ = ("channel", "request_id", "role", "is_head", "status", "headers",
-                 "headers_sent", "pending", "cut", "discard_body")
+                 "headers_sent", "pending", "cut", "discard_body", "remaining", "ended")
 
     def __init__(self, channel: Channel, request_id: int, role: int, is_head: bool) -> None:
         self.channel = channel
@@ -347,6 +361,8 @@ class Response:
         self.pending: List[Any] = []
         self.cut = False
         self.discard_body = is_head
+        self.remaining: Optional[int] = None  # body bytes still due by the app's Content-Length
+        self.ended = False  # the end records are queued or sent
 
     def start_response(self, status: str, headers: List[Tuple[str, str]],
                        exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
@@ -369,10 +385,25 @@ class Response:
     def write(self, data: bytes) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"response body chunks must be bytes, not {type(data).__name__}")
+        if self.ended:
+            if data and not self.discard_body:
+                error_log.warning("dropping %d response bytes past the Content-Length the app declared", len(data))
+            return
         if not self.headers_sent:
-            self._queue_headers()
-        if data and not self.discard_body:
+            head = self._header_block()  # may decide to discard the body (authorizer 200)
+            if self.discard_body:
+                data = b""
+            if len(data) <= MERGE_LIMIT:
+                self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, head + data)
+            else:  # too big to copy for nothing: the head goes in its own record
+                self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, head)
+                self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, data)
+        elif data and not self.discard_body:
             self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, data)
+        if self.remaining is not None:
+            self.remaining -= len(data)
+            if self.remaining <= 0:
+                self._queue_end()
 
     def write_all(self, chunks: Iterable[bytes]) -> None:
         for chunk in chunks:
@@ -386,12 +417,18 @@ class Response:
     def finish(self) -> None:
         """Headers if none went out yet, the end of STDOUT and END_REQUEST, in one send."""
         if not self.headers_sent:
-            self._queue_headers()
-        self.pending.append(p.encode_record(p.FCGI_STDOUT, self.request_id))
-        self.pending.append(self.channel.end_request(0))
+            self.write(b"")
+        if not self.ended:
+            self._queue_end()
         self.flush()
 
-    def _queue_headers(self) -> None:
+    def _queue_end(self) -> None:
+        self.pending.append(p.encode_record(p.FCGI_STDOUT, self.request_id))
+        self.pending.append(self.channel.end_request(0))
+        self.ended = True
+
+    def _header_block(self) -> bytes:
+        """The CGI response head; notes the declared Content-Length on the way."""
         if self.status is None:
             raise AssertionError("the app returned or wrote a body before calling start_response()")
         headers = self.headers
@@ -400,10 +437,13 @@ class Response:
             headers = [(n, v) for n, v in headers if n[:9].lower() == "variable-"]
             self.discard_body = True
         lines = [f"Status: {self.status}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
+            if not self.discard_body and len(name) == 14 and name.lower() == "content-length" and value.isdigit():
+                self.remaining = int(value)
         lines.append("\r\n")
-        self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, "".join(lines).encode("latin-1"))
         self.headers_sent = True
+        return "".join(lines).encode("latin-1")
 
     def send_error_500(self, traceback_text: str) -> None:
         """The generic 500 (no traceback to the client); the traceback to FCGI_STDERR."""

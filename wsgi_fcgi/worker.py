@@ -378,7 +378,8 @@ class Worker:
 
     def _run_request(self, conn: Connection, begin: p.BeginRequest, params: p.Params) -> bool:
         conn.request_id = begin.request_id
-        conn.input_finished = False
+        # An authorizer gets no STDIN (mod_authnz_fcgi sends not even the empty record).
+        conn.input_finished = begin.role == p.FCGI_AUTHORIZER
         conn.prefetch_stdin_end()
         slot = self.slot
         slot.begin(*_method_and_uri(params.pairs))
