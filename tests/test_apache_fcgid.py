@@ -163,3 +163,29 @@ def test_deploy_takes_effect_when_dispatch_fcgi_is_replaced(shared_dirs, hosting
         shutil.copy2(dispatch, new)
         new.replace(dispatch)
         assert site.http.get("/hello/x").text == "Hi, x!"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="environ._split_path: with 'RewriteRule ^ dispatch.fcgi' Apache sends no PATH_INFO; the rewrite "
+    "repair takes path.endswith('') as a match and makes the whole path SCRIPT_NAME, PATH_INFO ''",
+)
+def test_front_controller_rewrite_without_path(shared_dirs, hosting_venv) -> None:
+    """The front-controller rule of many PHP guides, ``RewriteRule ^
+    dispatch.fcgi [QSA,L]`` (no ``/$1``): Apache then sends
+    SCRIPT_NAME=/dispatch.fcgi, no PATH_INFO, REQUEST_URI=/env/x?q=1. The
+    app should get SCRIPT_NAME "" and PATH_INFO /env/x; today it gets
+    SCRIPT_NAME=/env/x, PATH_INFO "", and Flask redirects every URL to
+    itself plus "/". (examples/apache/htaccess uses dispatch.fcgi/$1, which
+    works.)"""
+    web, home = start_fcgid_site(shared_dirs("wfcgi-fcgid-frontcontroller-"), hosting_venv, "htaccess")
+    htaccess = (EXAMPLES_DIR / "apache" / "htaccess").read_text()
+    rule = "RewriteRule ^(.*)$ dispatch.fcgi/$1 [B=?%,QSA,L]"
+    assert htaccess.count(rule) == 1
+    (home.public_html / ".htaccess").write_text(htaccess.replace(rule, "RewriteRule ^ dispatch.fcgi [QSA,L]"))
+    with ExitStack() as stack:
+        stack.callback(web.stop)
+        web.start()
+        r = Site("front-controller", web, "", SLASH_404).http.get("/env/x?q=1")
+        assert r.status == 200, r.body
+        assert (r.json()["SCRIPT_NAME"], r.json()["PATH_INFO"]) == ("", "/env/x")
