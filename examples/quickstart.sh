@@ -9,7 +9,13 @@ SOCKET=${SOCKET:-/tmp/wsgi_fcgi-quickstart.sock}
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e . flask
 
-.venv/bin/python -m wsgi_fcgi --bind "unix:$SOCKET" --chdir examples/flask_app app:app &
+# The server refuses to run an app as root unless told to (see README, "Signals
+# and processes"); a demo in a root shell or container is told to.
+ROOT_FLAG=""
+if [ "$(id -u)" = 0 ]; then ROOT_FLAG="--allow-root"; fi
+
+# shellcheck disable=SC2086  # ROOT_FLAG is empty or one word
+.venv/bin/python -m wsgi_fcgi --bind "unix:$SOCKET" --chdir examples/flask_app $ROOT_FLAG app:app &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server' EXIT INT TERM
 

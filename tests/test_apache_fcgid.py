@@ -165,11 +165,6 @@ def test_deploy_takes_effect_when_dispatch_fcgi_is_replaced(shared_dirs, hosting
         assert site.http.get("/hello/x").text == "Hi, x!"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="environ._split_path: with 'RewriteRule ^ dispatch.fcgi' Apache sends no PATH_INFO; the rewrite "
-    "repair takes path.endswith('') as a match and makes the whole path SCRIPT_NAME, PATH_INFO ''",
-)
 def test_front_controller_rewrite_without_path(shared_dirs, hosting_venv) -> None:
     """The front-controller rule of many PHP guides, ``RewriteRule ^
     dispatch.fcgi [QSA,L]`` (no ``/$1``): Apache then sends

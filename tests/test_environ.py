@@ -1075,3 +1075,13 @@ def test_repeated_http_host_keeps_the_last_value() -> None:
     environ = build_environ(pairs)
     assert environ["HTTP_HOST"] == "example.com:8080"
     assert environ["HTTP_X_DUP"] == "one, two"
+
+
+def test_front_controller_rewrite_without_path_info() -> None:
+    # Apache mod_fcgid with "RewriteRule ^ dispatch.fcgi": SCRIPT_NAME is the
+    # rewrite target and no PATH_INFO is sent; the request path is the app's.
+    pairs = [("SERVER_SOFTWARE", "Apache/2.4.71 (Debian)"), ("DOCUMENT_ROOT", "/srv/www"),
+             ("SCRIPT_FILENAME", "/srv/www/dispatch.fcgi"), ("SCRIPT_NAME", "/dispatch.fcgi"),
+             ("REQUEST_URI", "/sub/path?x=1"), ("QUERY_STRING", "x=1")]
+    environ = build_environ(pairs)
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", "/sub/path")

@@ -325,9 +325,12 @@ def test_filter_role(server: Any) -> None:
 
 # --- start-up -------------------------------------------------------------------------
 
+ROOT_FLAG = ["--allow-root"] if os.geteuid() == 0 else []
+
+
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APPS_DIR), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "wsgi_fcgi", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "wsgi_fcgi", *ROOT_FLAG, *args], capture_output=True, text=True,
                           timeout=timeout, env=env, stdin=subprocess.DEVNULL)
 
 
@@ -342,8 +345,9 @@ def test_unimportable_app_is_one_clear_line_and_exit_4(tmp_path: Path) -> None:
 def test_app_with_an_error_inside_names_the_module_and_line(tmp_path: Path) -> None:
     (tmp_path / "broken_app.py").write_text("import os\n\nvalue = undefined_name\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "wsgi_fcgi", "--bind", f"unix:{tmp_path}/s.sock", "broken_app:app"],
-                            capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+    result = subprocess.run([sys.executable, "-m", "wsgi_fcgi", *ROOT_FLAG, "--bind", f"unix:{tmp_path}/s.sock",
+                             "broken_app:app"], capture_output=True, text=True, timeout=30, env=env,
+                            stdin=subprocess.DEVNULL)
     assert result.returncode == 4
     assert "NameError" in result.stderr and "broken_app.py, line 3" in result.stderr
     assert "Traceback" not in result.stderr
@@ -406,10 +410,11 @@ def children_of(pid: int) -> List[int]:
 @pytest.mark.parametrize("how", ["cli", "serve"])
 def test_spawned_with_fd0_serves_in_one_process_and_stops_on_term(tmp_path: Path, how: str) -> None:
     if how == "cli":
-        argv = [sys.executable, "-m", "wsgi_fcgi", APP]
+        argv = [sys.executable, "-m", "wsgi_fcgi", *ROOT_FLAG, APP]
     else:
         script = tmp_path / "dispatch.fcgi"
-        script.write_text("from wsgi_fcgi import serve\nfrom bridge_app import app\nserve(app)\n")
+        script.write_text("from wsgi_fcgi import serve\nfrom bridge_app import app\n"
+                          f"serve(app, allow_root={bool(ROOT_FLAG)})\n")
         argv = [sys.executable, str(script)]
     proc, address = spawn_on_fd0(tmp_path, argv)
     try:
@@ -428,7 +433,7 @@ def test_spawned_with_fd0_serves_in_one_process_and_stops_on_term(tmp_path: Path
 
 
 def test_fd0_term_during_a_request_finishes_it_first(tmp_path: Path) -> None:
-    proc, address = spawn_on_fd0(tmp_path, [sys.executable, "-m", "wsgi_fcgi", APP])
+    proc, address = spawn_on_fd0(tmp_path, [sys.executable, "-m", "wsgi_fcgi", *ROOT_FLAG, APP])
     started = tmp_path / "started"
     result: dict[str, Any] = {}
     try:
@@ -447,3 +452,13 @@ def test_fd0_term_during_a_request_finishes_it_first(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_running_the_app_as_root_needs_a_flag(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(APPS_DIR)}
+    result = subprocess.run([sys.executable, "-m", "wsgi_fcgi", "--bind", f"unix:{tmp_path}/s.sock", APP],
+                            capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "refusing to run the app as root" in result.stderr and "--user" in result.stderr
+    assert not (tmp_path / "s.sock").exists()

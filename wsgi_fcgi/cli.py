@@ -23,6 +23,7 @@ from . import protocol as p
 from .config import Config, ConfigError, SETTINGS_BY_NAME, add_arguments, default_workers
 from .loader import AppLoadError, load_app
 from .logs import setup_logging
+from .privileges import drop_privileges, resolve_identity, root_refusal
 from .sockets import DEFAULT_TCP_ADDRESS, Address, AddressError, bind, inherited_listener, parse_address
 
 EXIT_USAGE = 2
@@ -74,6 +75,10 @@ def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
 def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: Optional[str] = None) -> int:
     """Listen, then serve until stopped. Returns the process exit code."""
     setup_logging(config.log_level)
+    refusal = root_refusal(config)
+    if refusal:
+        fail(refusal)
+        return EXIT_USAGE
     if config.umask is not None:
         os.umask(config.umask)  # before binding: it covers the socket file and everything the app creates
     if config.chdir:
@@ -99,6 +104,13 @@ def _serve_in_process(config: Config, listeners: List[Any], app: Optional[Callab
     """One process, spawned by the web server, which manages processes itself."""
     from .worker import Worker
 
+    try:
+        identity = resolve_identity(config)
+    except (KeyError, ValueError) as exc:
+        fail(str(exc))
+        return EXIT_USAGE
+    if identity is not None and not identity.is_current():
+        drop_privileges(identity)  # the inherited socket is already open
     if app is None:
         assert app_spec is not None
         try:

@@ -193,7 +193,7 @@ def _split_path(env: dict[str, str], mount: str | None) -> tuple[str, str]:
             if not _is_segment_prefix(sn, path):
                 # Internal rewrite (mod_fcgid + RewriteRule to dispatch.fcgi):
                 # SCRIPT_NAME is not in the URL at all.
-                if path.endswith(pi):
+                if pi and path.endswith(pi):
                     sn = path[: len(path) - len(pi)]
                 else:
                     sn, pi = "", path

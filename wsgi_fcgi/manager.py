@@ -37,6 +37,7 @@ from . import protocol as p
 from .cli import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, fail
 from .config import Config
 from .loader import AppLoadError, load_app
+from .privileges import Identity, drop_privileges, resolve_identity
 from .scoreboard import Scoreboard, SlotState
 from .sockets import Address, cleanup
 from .worker import Worker
@@ -91,18 +92,6 @@ class WorkerProcess:
     def spare(self) -> bool:
         """Can take a new connection now or very soon (idle, or still booting)."""
         return not self.booted or self.idle_since is not None
-
-
-@dataclass
-class Identity:
-    """Who the workers run as."""
-
-    uid: int
-    gid: int
-    user_name: Optional[str]  # for initgroups; None for a numeric uid with no passwd entry
-
-    def is_current(self) -> bool:
-        return self.uid == os.geteuid() and self.gid == os.getegid()
 
 
 class Arbiter:
@@ -182,11 +171,10 @@ class Arbiter:
         """Everything before the first fork; an exit code if we cannot start."""
         self._remember_socket_files()
         try:
-            self._identity = _resolve_identity(self.config)
+            self._identity = resolve_identity(self.config)
         except ValueError as exc:
             fail(str(exc))
             return EXIT_BOOT_ERROR
-        self._warn_if_root()
         self._chown_socket_files()
         _set_title(f"wsgi_fcgi: master [{self.label}]")
         if not self._write_pidfile():
@@ -572,7 +560,7 @@ class Arbiter:
             self._become_child()
             _set_title(f"wsgi_fcgi: worker [{self.label}]")
             if self._identity is not None and not self._identity.is_current():
-                _drop_privileges(self._identity)
+                drop_privileges(self._identity)
             app = self.app if self.app is not None else load_app(self.app_spec or "")
             os.close(self._report_w)  # only boot failures are reported
             if probe:
@@ -628,7 +616,7 @@ class Arbiter:
         --user the master drops privileges first: app code never runs as root."""
         if self._identity is not None and not self._identity.is_current():
             try:
-                _drop_privileges(self._identity)
+                drop_privileges(self._identity)
             except OSError as exc:
                 fail(f"cannot switch to --user/--group: {exc.strerror or exc}")
                 return EXIT_BOOT_ERROR
@@ -640,12 +628,6 @@ class Arbiter:
         except KeyboardInterrupt:
             return 0
         return None
-
-    def _warn_if_root(self) -> None:
-        runs_as = self._identity.uid if self._identity is not None else os.geteuid()
-        if runs_as == 0 and not self.config.allow_root:
-            error_log.warning("running the app as root: pass --user to run workers unprivileged "
-                              "(or --allow-root to silence this warning)")
 
     def _remember_socket_files(self) -> None:
         # Only the files we created, and only while they are still ours: a
@@ -795,38 +777,3 @@ def _file_handlers() -> List[logging.FileHandler]:
     for logger in loggers:
         found += [h for h in logger.handlers if isinstance(h, logging.FileHandler) and h not in found]
     return found
-
-
-def _resolve_identity(config: Config) -> Optional[Identity]:
-    """--user/--group as ids; None when neither is given. ValueError when we cannot switch."""
-    import grp
-    import pwd
-
-    if config.user is None and config.group is None:
-        return None
-    user_name: Optional[str] = None
-    uid, gid = os.geteuid(), os.getegid()
-    if config.user is not None:
-        try:
-            entry = pwd.getpwuid(int(config.user)) if config.user.isdigit() else pwd.getpwnam(config.user)
-        except KeyError:
-            entry = None
-        uid = entry.pw_uid if entry else int(config.user)
-        user_name = entry.pw_name if entry else None
-        gid = entry.pw_gid if entry else gid
-    if config.group is not None:
-        gid = int(config.group) if config.group.isdigit() else grp.getgrnam(config.group).gr_gid
-    identity = Identity(uid, gid, user_name)
-    if os.geteuid() != 0 and not identity.is_current():
-        raise ValueError("--user/--group: only a server started as root can switch to another user")
-    return identity
-
-
-def _drop_privileges(identity: Identity) -> None:
-    """Groups first (setgid needs root), then the uid, for good."""
-    if identity.user_name is not None:
-        os.initgroups(identity.user_name, identity.gid)
-    else:
-        os.setgroups([identity.gid])
-    os.setgid(identity.gid)
-    os.setuid(identity.uid)

@@ -254,6 +254,8 @@ class WsgiFcgiServer(ManagedProcess):
             sock_dir.mkdir(parents=True, exist_ok=True)
             self.addresses = [f"unix:{sock_dir / 'wsgi_fcgi.sock'}"]
             args = ["--bind", self.addresses[0], *args]
+        if os.geteuid() == 0 and "--user" not in args and "--allow-root" not in args:
+            args.append("--allow-root")  # tests (and CI) run as root; the server refuses that by default
         self.app = app
         self.ready_timeout = ready_timeout
         super().__init__(

@@ -1,0 +1,71 @@
+"""Who the app runs as: --user/--group, and the refusal to run it as root.
+
+Strategy: sockets are bound (and socket files chowned) while still root;
+workers then drop to --user/--group for good before the app is imported.
+Running the app itself as root needs --allow-root: anyone who can reach the
+FastCGI socket controls every request the app sees.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import Config
+
+
+@dataclass
+class Identity:
+    """Who the workers run as."""
+
+    uid: int
+    gid: int
+    user_name: Optional[str]  # for initgroups; None for a numeric uid with no passwd entry
+
+    def is_current(self) -> bool:
+        return self.uid == os.geteuid() and self.gid == os.getegid()
+
+
+
+def resolve_identity(config: Config) -> Optional[Identity]:
+    """--user/--group as ids; None when neither is given. ValueError when we cannot switch."""
+    import grp
+    import pwd
+
+    if config.user is None and config.group is None:
+        return None
+    user_name: Optional[str] = None
+    uid, gid = os.geteuid(), os.getegid()
+    if config.user is not None:
+        try:
+            entry = pwd.getpwuid(int(config.user)) if config.user.isdigit() else pwd.getpwnam(config.user)
+        except KeyError:
+            entry = None
+        uid = entry.pw_uid if entry else int(config.user)
+        user_name = entry.pw_name if entry else None
+        gid = entry.pw_gid if entry else gid
+    if config.group is not None:
+        gid = int(config.group) if config.group.isdigit() else grp.getgrnam(config.group).gr_gid
+    identity = Identity(uid, gid, user_name)
+    if os.geteuid() != 0 and not identity.is_current():
+        raise ValueError("--user/--group: only a server started as root can switch to another user")
+    return identity
+
+
+def drop_privileges(identity: Identity) -> None:
+    """Groups first (setgid needs root), then the uid, for good."""
+    if identity.user_name is not None:
+        os.initgroups(identity.user_name, identity.gid)
+    else:
+        os.setgroups([identity.gid])
+    os.setgid(identity.gid)
+    os.setuid(identity.uid)
+
+
+def root_refusal(config: Config) -> Optional[str]:
+    """Why we will not start, when the app would run as root without being asked to."""
+    if os.geteuid() == 0 and config.user is None and not config.allow_root:
+        return ("refusing to run the app as root: pass --user USER (workers drop to it after binding) "
+                "or --allow-root if you mean it")
+    return None
