@@ -21,6 +21,10 @@ if VIRTUALENV:
     if os.path.realpath(sys.prefix) != os.path.realpath(VIRTUALENV):
         # Re-run under the virtualenv's interpreter: its compiled packages
         # match it, and fd 0 (the listening socket) survives exec.
+        if not os.access(python, os.X_OK):
+            # Ends up in the web server's error log, before its "End of script
+            # output before headers".
+            sys.exit(f"{__file__}: VIRTUALENV: no {python} (or it is not executable)")
         os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
 
 sys.path.insert(0, APP_DIR or os.path.dirname(os.path.abspath(__file__)))
