@@ -97,7 +97,7 @@ def test_root_without_fix_root_scriptname_needs_script_name(shared_dirs, tls_cer
         stack.callback(web.stop)
         web.start()
         site = Site("nofix", web, "", SLASH_DECODED, server=server)
-        assert site.http.get("/hello/x").status == 404  # routed as /x
+        assert site.http.get("/hello/x").status == 404, site.logs()  # routed as /x
         env = site.http.get("/anything/env").json()  # routed as /env
         assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/anything", "/env")
         assert env["url_for"] == "/anything/"

@@ -16,6 +16,7 @@ one place per server.
 
 from __future__ import annotations
 
+import grp
 import re
 import shutil
 import time
@@ -276,6 +277,13 @@ def start_app_server(
     )  # type: ignore[arg-type]
     stack.callback(server.stop)
     server.start()
+    # Ready for www-data only once the master has given the socket its group:
+    # wsgi_fcgi binds (and root can connect) a moment before that.
+    gid = grp.getgrnam(UNPRIVILEGED_USER).gr_gid
+    for path in [Path(a[len("unix:") :]) for a in server.addresses if a.startswith("unix:")]:
+        server.wait_until(
+            lambda p=path: p.stat().st_gid == gid, timeout=10, what=f"{path} in group {UNPRIVILEGED_USER}"  # type: ignore[misc]
+        )
     return server
 
 
