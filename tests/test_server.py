@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
@@ -23,6 +22,8 @@ import pytest
 
 from wsgi_fcgi import protocol as p
 from wsgi_fcgi.client import Client, FastCGIError
+
+from support.fastcgi import children_of, is_end, raw_connect, read_events, request_bytes, server_closed, wait_for
 
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 APP = "bridge_app:app"
@@ -36,61 +37,7 @@ def server(wsgi_server: Callable[..., Any]) -> Callable[..., Any]:
     return start
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 # --- raw records -------------------------------------------------------------------
-
-def raw_connect(address: str) -> socket.socket:
-    family, target = (socket.AF_UNIX, address[5:]) if address.startswith("unix:") else \
-        (socket.AF_INET, (address.rpartition(":")[0], int(address.rpartition(":")[2])))
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(target)
-    return sock
-
-
-def request_bytes(request_id: int = 1, path: str = "/hello", keep_conn: bool = False, body: bytes = b"",
-                  role: int = p.FCGI_RESPONDER) -> bytes:
-    path_info, _, query = path.partition("?")
-    pairs = [(b"REQUEST_METHOD", b"POST" if body else b"GET"), (b"SCRIPT_NAME", b""),
-             (b"PATH_INFO", path_info.encode()),
-             (b"QUERY_STRING", query.encode()), (b"REQUEST_URI", path.encode()), (b"SERVER_NAME", b"localhost"),
-             (b"SERVER_PORT", b"80"), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"CONTENT_LENGTH", str(len(body)).encode())]
-    stdin = b"".join(bytes(b) for b in p.encode_stream(p.FCGI_STDIN, request_id, body))
-    return (p.encode_begin_request(request_id, role, keep_conn) + p.encode_params(request_id, pairs)
-            + stdin + p.encode_record(p.FCGI_STDIN, request_id))
-
-
-def read_events(sock: socket.socket, until: Callable[[Any], bool]) -> List[Any]:
-    """Events until ``until(event)`` is true or the server closes the connection."""
-    conn = p.ClientConnection()
-    events: List[Any] = []
-    while True:
-        event = conn.next_event()
-        if event is p.NEED_DATA:
-            conn.receive_data(sock.recv(65536))
-            continue
-        events.append(event)
-        if isinstance(event, p.ConnectionClosed) or until(event):
-            return events
-
-
-def is_end(event: Any) -> bool:
-    return isinstance(event, p.EndRequest)
-
-
-def server_closed(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
 
 # --- serving -------------------------------------------------------------------------
 
@@ -397,14 +344,6 @@ def spawn_on_fd0(tmp_path: Path, argv: List[str]) -> tuple[subprocess.Popen[byte
                             env=env, cwd=str(tmp_path))
     listener.close()
     return proc, f"unix:{path}"
-
-
-def children_of(pid: int) -> List[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 @pytest.mark.parametrize("how", ["cli", "serve"])

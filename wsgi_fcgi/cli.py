@@ -19,12 +19,12 @@ import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import __version__
-from . import protocol as p
 from .config import Config, ConfigError, SETTINGS_BY_NAME, add_arguments, default_workers
 from .loader import AppLoadError, load_app
-from .logs import setup_logging
+from .logs import error_log, setup_logging
 from .privileges import drop_privileges, resolve_identity, root_refusal
-from .sockets import DEFAULT_TCP_ADDRESS, Address, AddressError, bind, inherited_listener, parse_address
+from .sockets import (DEFAULT_TCP_ADDRESS, Address, AddressError, bind, inherited_listener, is_loopback,
+                      parse_address)
 
 EXIT_USAGE = 2
 EXIT_BOOT_ERROR = 3
@@ -63,6 +63,7 @@ def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
     """(sockets, addresses, spawned_on_fd0)."""
     if config.bind:
         addresses = [parse_address(spec) for spec in config.bind]
+        _check_exposure(addresses, config.allow_remote)
         sockets = [bind(a, backlog=config.backlog, socket_mode=config.socket_mode) for a in addresses]
         return sockets, addresses, False
     inherited = inherited_listener()
@@ -70,6 +71,21 @@ def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
         return [inherited], [parse_address("fd://0")], True
     address = parse_address(DEFAULT_TCP_ADDRESS)
     return [bind(address, backlog=config.backlog)], [address], False
+
+
+def _check_exposure(addresses: List[Address], allow_remote: bool) -> None:
+    """A FastCGI port reachable from other machines is the classic hole (PHP-FPM on
+    0.0.0.0:9000): it takes --allow-remote, and then a warning names the risk."""
+    for address in addresses:
+        if is_loopback(address):
+            continue
+        if not allow_remote:
+            raise AddressError(f"refusing to listen on {address}, which other machines can reach: FastCGI has "
+                               "no authentication. Bind 127.0.0.1 or a unix socket, or pass --allow-remote "
+                               "(with --allowed-addr)")
+        error_log.warning("listening on %s, reachable from other machines: anyone who can connect controls "
+                          "REMOTE_ADDR, REMOTE_USER, HTTPS and every other value the app sees; restrict it "
+                          "with --allowed-addr and a firewall", address)
 
 
 def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: Optional[str] = None) -> int:
@@ -118,9 +134,5 @@ def _serve_in_process(config: Config, listeners: List[Any], app: Optional[Callab
         except AppLoadError as exc:
             fail(f"cannot load the app: {exc}")
             return EXIT_APP_LOAD_ERROR
-    limits = p.Limits(max_params_bytes=config.max_params_bytes, max_params_count=config.max_params_count)
-    worker = Worker(app, listeners, script_name=config.script_name, max_requests=config.max_requests,
-                    read_timeout=config.read_timeout, keepalive_timeout=config.keepalive_timeout,
-                    limits=limits, max_conns=1)
-    worker.run()
+    Worker.from_config(app, listeners, config, max_requests=config.max_requests, max_conns=1).run()
     return 0

@@ -86,6 +86,24 @@ def _bind_list(value: Any) -> List[str]:
     return specs
 
 
+def parse_networks(value: Any) -> List[Any]:
+    """IPv4/IPv6 addresses or CIDR networks, from a list or comma-separated strings."""
+    import ipaddress
+
+    items = [value] if isinstance(value, str) else list(value)
+    networks = []
+    for item in items:
+        for text in str(item).split(","):
+            text = text.strip()
+            if not text:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise ValueError(f"{text!r} is not an IP address or network (e.g. 10.0.0.0/8, ::1)") from None
+    return networks
+
+
 def _script_name(value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -150,6 +168,21 @@ SETTINGS: List[Setting] = [
             "Listen queue length.", metavar="N"),
     Setting("socket_mode", ("--socket-mode",), _octal_mode, 0o660,
             "File mode of a unix socket we create (octal).", metavar="MODE"),
+    Setting("socket_group", ("--socket-group",), _group, None,
+            "Group of a unix socket we create, e.g. the web server's (www-data), so --socket-mode 0660 "
+            "lets it connect while the workers run as their own --user/--group.",
+            metavar="GROUP"),
+    # --- who may connect
+    Setting("allow_remote", ("--allow-remote",), _bool, False,
+            "Allow listening on a TCP address that is not loopback. FastCGI has no authentication: "
+            "whoever can connect controls every value the app sees (REMOTE_ADDR, REMOTE_USER, HTTPS, "
+            "SCRIPT_NAME). Combine with --allowed-addr and a firewall.",
+            section="security", is_flag=True),
+    Setting("allowed_addr", ("--allowed-addr",), parse_networks, None,
+            "Accept TCP connections only from these addresses: IPv4, IPv6 or CIDR, comma-separated or "
+            "repeated. FCGI_WEB_SERVER_ADDRS in the environment (the spec's variable) adds to it. "
+            "Connections over a unix socket are not checked (its file mode guards it).",
+            metavar="ADDRS", section="security", repeatable=True),
     # --- the application
     Setting("script_name", ("--script-name",), _script_name, None,
             "The URL prefix the app is mounted at (e.g. /app). Overrides what the web server sends; "
@@ -194,6 +227,12 @@ SETTINGS: List[Setting] = [
     Setting("keepalive_timeout", ("--keepalive-timeout",), _seconds, 60.0,
             "Close a kept-alive (FCGI_KEEP_CONN) connection idle for this long.",
             metavar="S", section="limits"),
+    Setting("limit_request_body", ("--limit-request-body",), _int_at_least(0), 0,
+            "Largest request body accepted, in bytes; a larger one is answered 413 without calling "
+            "the app (0 = no limit).", metavar="BYTES", section="limits"),
+    Setting("max_idle_connections", ("--max-idle-connections",), _int_at_least(0), 32,
+            "Idle kept-alive connections one worker holds open for the web server to reuse; beyond "
+            "this the one idle longest is closed.", metavar="N", section="limits"),
     Setting("max_params_bytes", ("--limit-params-bytes",), _int_at_least(1024), 256 * 1024,
             "Largest PARAMS stream accepted, in bytes.", metavar="BYTES", section="limits"),
     Setting("max_params_count", ("--limit-params-count",), _int_at_least(16), 1000,
@@ -206,7 +245,7 @@ SETTINGS: List[Setting] = [
     # --- privileges (manager.py applies them; added with the prefork manager)
     Setting("user", ("-u", "--user"), _user, None,
             "Run the workers as this user (name or uid) when started as root; the master binds first. "
-            "Without it, running as root logs a warning (see --allow-root).",
+            "Without it the server refuses to run the app as root (see --allow-root).",
             metavar="USER", section="process"),
     Setting("group", ("-g", "--group"), _group, None,
             "Run the workers with this group (name or gid). Default with --user: that user's group. "
@@ -216,7 +255,8 @@ SETTINGS: List[Setting] = [
             "File mode mask (octal, e.g. 027) for the server and the files the app creates. "
             "Default: inherited.", metavar="MASK", section="process"),
     Setting("allow_root", ("--allow-root",), _bool, False,
-            "Run the app as root without a warning (e.g. in a container whose only user is root).",
+            "Run the app as root (e.g. in a container whose only user is root). Without it, and without "
+            "--user, a server started as root refuses to start.",
             section="process", is_flag=True),
 ]
 

@@ -46,6 +46,8 @@ _BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 _HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "te", "trailer",
                          "transfer-encoding", "upgrade"))
 
+ERROR_413 = (b"Status: 413 Request Entity Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             b"Content-Length: 24\r\n\r\nRequest Entity Too Large")
 ERROR_500 = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
              b"Content-Length: 21\r\n\r\nInternal Server Error")
 
@@ -64,6 +66,10 @@ class RequestAborted(ClientDisconnected):
 
 class RequestBodyTruncated(ClientDisconnected):
     """STDIN ended before CONTENT_LENGTH bytes arrived (the client went away)."""
+
+
+class RequestBodyTooLarge(Exception):
+    """The body is over --limit-request-body: answered 413 without calling the app."""
 
 
 class InvalidResponse(Exception):
@@ -179,14 +185,18 @@ class InputStream:
         return line
 
 
-def spool(read_chunk: Callable[[], bytes], first: bytes) -> Tuple[Any, int]:
-    """The whole stream in a file object (memory, then disk past SPOOL_THRESHOLD)."""
+def spool(read_chunk: Callable[[], bytes], first: bytes, limit: int = 0) -> Tuple[Any, int]:
+    """The whole stream in a file object (memory, then disk past SPOOL_THRESHOLD),
+    refused as soon as it grows past ``limit`` bytes (0: no limit)."""
     body = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
     size = 0
     chunk = first
     while chunk:
         body.write(chunk)
         size += len(chunk)
+        if limit and size > limit:
+            body.close()
+            raise RequestBodyTooLarge(f"a body of unknown length grew past the limit of {limit} bytes")
         chunk = read_chunk()
     body.seek(0)
     return body, size
@@ -239,10 +249,12 @@ class FileWrapper:
 class RequestHandler:
     """Calls one WSGI app for each request; one instance per worker."""
 
-    def __init__(self, app: WSGIApp, *, script_name: Optional[str] = None, multiprocess: bool = True) -> None:
+    def __init__(self, app: WSGIApp, *, script_name: Optional[str] = None, multiprocess: bool = True,
+                 limit_request_body: int = 0) -> None:
         self.app = app
         self.script_name = script_name
         self.multiprocess = multiprocess
+        self.limit_request_body = limit_request_body
         self.errors = ErrorStream()
 
     def handle(self, channel: Channel, request_id: int, role: int, pairs: List[Tuple[str, str]]) -> bool:
@@ -255,6 +267,9 @@ class RequestHandler:
             self._prepare_input(channel, role, environ)
         except ClientDisconnected as exc:
             return self._client_gone(response, environ, exc)
+        except RequestBodyTooLarge as exc:
+            error_log.warning("refused %s: %s (--limit-request-body)", _describe(environ), exc)
+            return response.send_simple(ERROR_413)
         environ["wsgi.errors"] = self.errors
         environ["wsgi.file_wrapper"] = FileWrapper
         try:
@@ -287,11 +302,14 @@ class RequestHandler:
             if not first:
                 environ["wsgi.input"] = io.BytesIO()
                 return
-            body, size = spool(channel.read_stdin, first)
+            body, size = spool(channel.read_stdin, first, self.limit_request_body)
             environ["wsgi.input"] = body
             environ["CONTENT_LENGTH"] = str(size)
             environ.pop("HTTP_TRANSFER_ENCODING", None)
             return
+        limit = self.limit_request_body
+        if limit and int(length) > limit:
+            raise RequestBodyTooLarge(f"a body of {length} bytes is over the limit of {limit}")
         environ["wsgi.input"] = InputStream(channel.read_stdin, int(length))
 
     def _call_app(self, environ: Dict[str, Any], response: Response) -> None:
@@ -457,6 +475,18 @@ class Response:
         self.pending = []
         self.headers_sent = True
         self.channel.send(buffers)
+
+    def send_simple(self, cgi_response: bytes) -> bool:
+        """A fixed response of our own, the app not called; False if the peer is gone."""
+        if self.is_head:
+            cgi_response = cgi_response[:cgi_response.index(b"\r\n\r\n") + 4]
+        buffers = p.encode_stream(p.FCGI_STDOUT, self.request_id, cgi_response)
+        buffers += [p.encode_record(p.FCGI_STDOUT, self.request_id), self.channel.end_request(0)]
+        try:
+            self.channel.send(buffers)
+        except ClientDisconnected:
+            return False
+        return True
 
     def send_end_only(self) -> bool:
         """END_REQUEST after FCGI_ABORT_REQUEST; False if that send failed."""

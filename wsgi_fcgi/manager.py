@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-from . import protocol as p
 from .cli import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, fail
 from .config import Config
 from .loader import AppLoadError, load_app
@@ -565,13 +564,9 @@ class Arbiter:
             os.close(self._report_w)  # only boot failures are reported
             if probe:
                 return 0
-            worker = Worker(app, self.listeners, script_name=self.config.script_name,
-                            max_requests=max_requests, read_timeout=self.config.read_timeout,
-                            keepalive_timeout=self.config.keepalive_timeout,
-                            limits=p.Limits(max_params_bytes=self.config.max_params_bytes,
-                                            max_params_count=self.config.max_params_count),
-                            max_conns=self.target, slot=self.scoreboard.slot(index),
-                            parent_pid=self._master_pid, multiprocess=True)
+            worker = Worker.from_config(app, self.listeners, self.config, max_requests=max_requests,
+                                        max_conns=self.target, slot=self.scoreboard.slot(index),
+                                        parent_pid=self._master_pid)
             booted = True
             worker.run()
             return 0
@@ -641,11 +636,15 @@ class Arbiter:
                 self._socket_files[str(address.target)] = (st.st_dev, st.st_ino)
 
     def _chown_socket_files(self) -> None:
-        if self._identity is None or os.geteuid() != 0:
+        """The socket belongs to the workers' user and to --socket-group (else --group)."""
+        group = self.config.socket_group
+        if (self._identity is None and group is None) or os.geteuid() != 0:
             return
+        uid = self._identity.uid if self._identity is not None else -1
+        gid = _gid(group) if group is not None else (self._identity.gid if self._identity is not None else -1)
         for path in self._socket_files:
             try:
-                os.chown(path, self._identity.uid, self._identity.gid)
+                os.chown(path, uid, gid)
             except OSError as exc:
                 error_log.warning("cannot chown %s: %s", path, exc.strerror or exc)
 
@@ -777,3 +776,9 @@ def _file_handlers() -> List[logging.FileHandler]:
     for logger in loggers:
         found += [h for h in logger.handlers if isinstance(h, logging.FileHandler) and h not in found]
     return found
+
+
+def _gid(group: str) -> int:
+    import grp
+
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid

@@ -16,6 +16,7 @@ timeout: unlike ``settimeout`` that costs no extra poll() per recv.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import select
@@ -25,9 +26,10 @@ import struct
 import time
 import traceback
 from types import FrameType
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import protocol as p
+from .config import Config, parse_networks
 from .handler import ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
 from .scoreboard import Slot, private_slot
 
@@ -35,8 +37,8 @@ error_log = logging.getLogger("wsgi_fcgi.error")
 
 RECV_SIZE = 64 * 1024  # below malloc's mmap threshold: no mmap/munmap per recv
 MAX_IOV = 512  # buffers per sendmsg call, well under IOV_MAX (1024)
-MAX_IDLE_CONNECTIONS = 32  # kept-alive connections one worker holds while idle
 LINGER_SECONDS = 2.0
+REFUSAL_LOG_INTERVAL = 60.0  # log a refused peer address at most once a minute
 
 
 class ReadTimeout(Exception):
@@ -192,8 +194,13 @@ class Worker:
     def __init__(self, app: WSGIApp, listeners: List[socket.socket], *, script_name: Optional[str] = None,
                  max_requests: int = 0, read_timeout: float = 30.0, keepalive_timeout: float = 60.0,
                  limits: Optional[p.Limits] = None, max_conns: int = 1, slot: Optional[Slot] = None,
-                 parent_pid: Optional[int] = None, multiprocess: bool = True) -> None:
-        self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess)
+                 parent_pid: Optional[int] = None, multiprocess: bool = True,
+                 limit_request_body: int = 0, max_idle_connections: int = 32,
+                 allowed_peers: Sequence[Any] = ()) -> None:
+        self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess,
+                                      limit_request_body=limit_request_body)
+        self.max_idle_connections = max_idle_connections
+        self.allowed_peers = PeerFilter(allowed_peers)
         self.listeners = {sock.fileno(): sock for sock in listeners}
         self.max_requests = max_requests
         self.read_timeout = read_timeout
@@ -207,6 +214,19 @@ class Worker:
         self.idle: Dict[int, Connection] = {}
         self._epoll: Optional[select.epoll] = None
         self._wakeup_r = -1
+
+    @classmethod
+    def from_config(cls, app: WSGIApp, listeners: List[socket.socket], config: Config, *, max_requests: int,
+                    max_conns: int, slot: Optional[Slot] = None, parent_pid: Optional[int] = None) -> "Worker":
+        """The one place where settings become worker options (master and single-process mode)."""
+        return cls(app, listeners, script_name=config.script_name, max_requests=max_requests,
+                   read_timeout=config.read_timeout, keepalive_timeout=config.keepalive_timeout,
+                   limits=p.Limits(max_params_bytes=config.max_params_bytes,
+                                   max_params_count=config.max_params_count),
+                   max_conns=max_conns, slot=slot, parent_pid=parent_pid,
+                   limit_request_body=config.limit_request_body,
+                   max_idle_connections=config.max_idle_connections,
+                   allowed_peers=allowed_networks(config))
 
     # --- signals
     def _install_signals(self) -> None:
@@ -287,6 +307,9 @@ class Worker:
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                 return
             raise
+        if not self.allowed_peers.allows(peer):
+            sock.close()
+            return
         proto = p.ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns, limits=self.limits)
         self._serve(Connection(sock, peer, proto, self.read_timeout))
 
@@ -298,7 +321,10 @@ class Worker:
 
     def _park(self, conn: Connection) -> None:
         """Keep an idle FCGI_KEEP_CONN connection; the oldest goes if there are too many."""
-        if len(self.idle) >= MAX_IDLE_CONNECTIONS:
+        if self.max_idle_connections == 0:
+            conn.close()
+            return
+        if len(self.idle) >= self.max_idle_connections:
             oldest = min(self.idle.values(), key=lambda c: c.idle_since)
             self._forget(oldest)
         conn.idle_since = time.monotonic()
@@ -388,6 +414,50 @@ class Worker:
         finally:
             self.requests += 1
             slot.end()
+
+
+def allowed_networks(config: Config) -> List[Any]:
+    """--allowed-addr plus FCGI_WEB_SERVER_ADDRS (spec 3.2: comma-separated addresses)."""
+    networks = list(config.allowed_addr or [])
+    from_env = os.environ.get("FCGI_WEB_SERVER_ADDRS", "").strip()
+    if from_env:
+        try:
+            networks += parse_networks(from_env)
+        except ValueError as exc:
+            error_log.error("ignoring FCGI_WEB_SERVER_ADDRS: %s", exc)
+    return networks
+
+
+class PeerFilter:
+    """Which TCP peers may connect. Unix-socket peers always may: the socket
+    file's mode guards them (flup rejects every unix and IPv6 peer when
+    FCGI_WEB_SERVER_ADDRS is set)."""
+
+    def __init__(self, networks: Sequence[Any]) -> None:
+        self.networks = list(networks)
+        self._logged: Dict[str, float] = {}
+
+    def allows(self, peer: Any) -> bool:
+        if not self.networks or not isinstance(peer, tuple):
+            return True
+        try:
+            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            address = mapped
+        if any(address.version == net.version and address in net for net in self.networks):
+            return True
+        self._log_refusal(str(address))
+        return False
+
+    def _log_refusal(self, address: str) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(address, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+            self._logged[address] = now
+            error_log.warning("refused a connection from %s: not in --allowed-addr / FCGI_WEB_SERVER_ADDRS "
+                              "(logged once a minute per address)", address)
 
 
 def _method_and_uri(pairs: List[Tuple[str, str]]) -> Tuple[str, str]:
