@@ -39,6 +39,8 @@ RECV_SIZE = 64 * 1024  # below malloc's mmap threshold: no mmap/munmap per recv
 MAX_IOV = 512  # buffers per sendmsg call, well under IOV_MAX (1024)
 LINGER_SECONDS = 2.0
 REFUSAL_LOG_INTERVAL = 60.0  # log a refused peer address at most once a minute
+ACCEPT_PAUSE = 0.5  # seconds without accepting after EMFILE and friends
+ACCEPT_ERROR_LOG_INTERVAL = 10.0
 
 
 class ReadTimeout(Exception):
@@ -213,6 +215,8 @@ class Worker:
         self.requests = 0
         self.idle: Dict[int, Connection] = {}
         self._epoll: Optional[select.epoll] = None
+        self._accept_paused_until = 0.0
+        self._last_accept_error_log = -ACCEPT_ERROR_LOG_INTERVAL
         self._wakeup_r = -1
 
     @classmethod
@@ -275,6 +279,7 @@ class Worker:
                     if not self.alive:
                         break
                 self._expire_idle()
+                self._resume_accepting_when_due()
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     error_log.warning("worker %d: master %d has gone, exiting", os.getpid(), self.parent_pid)
                     self.alive = False
@@ -285,6 +290,8 @@ class Worker:
             epoll.close()
 
     def _poll_timeout(self) -> float:
+        if self._accept_paused_until:
+            return max(0.0, min(1.0, self._accept_paused_until - time.monotonic()))
         return 1.0 if self.parent_pid is not None or self.idle else -1
 
     def _drain_wakeup(self) -> None:
@@ -301,8 +308,7 @@ class Worker:
             return  # another worker took it
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                error_log.error("cannot accept a connection: %s", exc.strerror)
-                time.sleep(0.1)  # let descriptors free up instead of spinning
+                self._pause_accepting(exc.strerror or str(exc))
                 return
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                 return
@@ -312,6 +318,27 @@ class Worker:
             return
         proto = p.ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns, limits=self.limits)
         self._serve(Connection(sock, peer, proto, self.read_timeout))
+
+    def _pause_accepting(self, reason: str) -> None:
+        """Out of descriptors or memory: stop watching the listening sockets for a
+        moment (level-triggered epoll would otherwise spin at 100% CPU) while the
+        kept connections go on being served; other workers take new connections."""
+        now = time.monotonic()
+        if now - self._last_accept_error_log >= ACCEPT_ERROR_LOG_INTERVAL:
+            self._last_accept_error_log = now
+            error_log.error("worker %d cannot accept connections: %s; pausing accept for %gs",
+                            os.getpid(), reason, ACCEPT_PAUSE)
+        assert self._epoll is not None
+        for fd in self.listeners:
+            self._epoll.unregister(fd)
+        self._accept_paused_until = now + ACCEPT_PAUSE
+
+    def _resume_accepting_when_due(self) -> None:
+        if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            assert self._epoll is not None
+            for fd in self.listeners:
+                self._epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
 
     def _resume(self, fd: int) -> None:
         conn = self.idle.pop(fd)
