@@ -168,11 +168,10 @@ def test_deploy_takes_effect_when_dispatch_fcgi_is_replaced(shared_dirs, hosting
 def test_front_controller_rewrite_without_path(shared_dirs, hosting_venv) -> None:
     """The front-controller rule of many PHP guides, ``RewriteRule ^
     dispatch.fcgi [QSA,L]`` (no ``/$1``): Apache then sends
-    SCRIPT_NAME=/dispatch.fcgi, no PATH_INFO, REQUEST_URI=/env/x?q=1. The
-    app should get SCRIPT_NAME "" and PATH_INFO /env/x; today it gets
-    SCRIPT_NAME=/env/x, PATH_INFO "", and Flask redirects every URL to
-    itself plus "/". (examples/apache/htaccess uses dispatch.fcgi/$1, which
-    works.)"""
+    SCRIPT_NAME=/dispatch.fcgi, no PATH_INFO, REQUEST_URI=/env/x?q=1, and
+    the app must get SCRIPT_NAME "" and PATH_INFO /env/x (it once got the
+    whole path as SCRIPT_NAME, and Flask redirected every URL to itself
+    plus "/")."""
     web, home = start_fcgid_site(shared_dirs("wfcgi-fcgid-frontcontroller-"), hosting_venv, "htaccess")
     htaccess = (EXAMPLES_DIR / "apache" / "htaccess").read_text()
     rule = "RewriteRule ^(.*)$ dispatch.fcgi/$1 [B=?%,QSA,L]"

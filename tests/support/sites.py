@@ -264,16 +264,16 @@ def start_app_server(
 ) -> WsgiFcgiServer:
     """wsgi_fcgi serving ``app`` for a web server that runs as www-data: its
     socket in ``base/sock`` (enterable by everyone) with the documented mode
-    0660 and group www-data (``--group``: the master still runs as root, so
-    it can read this checkout and the test venv). Stopped when ``stack``
-    closes."""
+    0660 and ``--socket-group www-data`` (the app itself runs as root with
+    ``--allow-root``: the test venv's interpreter is under /root). Stopped
+    when ``stack`` closes."""
     sock_dir = base / "sock"
     sock_dir.mkdir(parents=True, exist_ok=True)
     sock_dir.chmod(0o755)
     if not any(a == "--bind" or a.startswith("--bind=") for a in args):
         args = ("--bind", f"unix:{sock_dir / 'app.sock'}", *args)
     server = WsgiFcgiServer(
-        app, ["--group", UNPRIVILEGED_USER, "--allow-root", *args], workdir=base / "wsgi_fcgi", **options
+        app, ["--socket-group", UNPRIVILEGED_USER, "--allow-root", *args], workdir=base / "wsgi_fcgi", **options
     )  # type: ignore[arg-type]
     stack.callback(server.stop)
     server.start()

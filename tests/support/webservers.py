@@ -411,7 +411,12 @@ def hosting_venv(dest: Path, distributions: Sequence[str]) -> Path:
         if key in seen or key == "wsgi-fcgi":
             continue
         seen[key] = True
-        dist = importlib.metadata.distribution(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            if name in distributions:
+                raise
+            continue  # a requirement for another platform or Python (its marker said so)
         # Whole top-level entries (package dirs, .dist-info, modules), linked
         # file by file: much faster than walking the RECORD.
         for top in sorted({f.parts[0] for f in dist.files or () if f.parts[0] != ".."}):
