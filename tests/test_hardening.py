@@ -336,6 +336,11 @@ def test_20000_requests_leave_descriptors_and_memory_flat(server: Any) -> None:
     assert _rss_kib(worker) - rss < 4096
 
 
+def _readable(sock: socket.socket) -> bool:
+    import select
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -350,14 +355,21 @@ def test_out_of_descriptors_backs_off_and_recovers(server: Any) -> None:
     limit = _fd_count(worker) + 5
     resource.prlimit(worker, resource.RLIMIT_NOFILE, (limit, limit))
     kept: List[socket.socket] = []
+    waiting: Optional[socket.socket] = None
     try:
-        for _ in range(5):  # fill the worker's descriptors with idle kept-alive connections
+        # Fill the worker's descriptors with idle kept-alive connections until
+        # one connection is not answered because the worker cannot accept it.
+        for _ in range(20):
             sock = raw_connect(srv.address)
             sock.sendall(request_bytes(keep_conn=True))
+            wait_for(lambda sock=sock: _readable(sock) or "cannot accept connections" in srv.stderr_text(),
+                     what="an answer or the EMFILE log line")
+            if not _readable(sock):
+                waiting = sock
+                break
             read_events(sock, lambda e: isinstance(e, p.EndRequest))
             kept.append(sock)
-        waiting = raw_connect(srv.address)  # the worker cannot accept this one
-        waiting.sendall(request_bytes())
+        assert waiting is not None, "the worker never ran out of descriptors"
         wait_for(lambda: "cannot accept connections" in srv.stderr_text(), what="the EMFILE log line")
         before, start = _cpu_seconds(worker), time.monotonic()
         wait_for(lambda: time.monotonic() - start > 2, timeout=5, what="two seconds")
@@ -368,7 +380,7 @@ def test_out_of_descriptors_backs_off_and_recovers(server: Any) -> None:
         assert isinstance(events[-1], p.EndRequest)
         waiting.close()
     finally:
-        for sock in kept:
+        for sock in kept + ([waiting] if waiting else []):
             sock.close()
     assert healthy(srv)
     assert srv.stderr_text().count("cannot accept connections") == 1  # rate-limited, not a flood
