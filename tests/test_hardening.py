@@ -384,3 +384,17 @@ def test_out_of_descriptors_backs_off_and_recovers(server: Any) -> None:
             sock.close()
     assert healthy(srv)
     assert srv.stderr_text().count("cannot accept connections") == 1  # rate-limited, not a flood
+
+
+def test_peer_closing_mid_response_is_one_info_line_and_the_worker_carries_on(server: Any) -> None:
+    srv = server("--workers", "1")
+    (worker,) = workers_of(srv, 1)
+    with raw_connect(srv.address) as sock:
+        sock.sendall(request_bytes(path="/download?size=50000000"))
+        assert sock.recv(65536)  # the response has started
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+    wait_for(lambda: "client went away" in srv.stderr_text(), what="the info line")
+    assert healthy(srv)
+    assert children_of(srv.pid) == [worker]
+    log = srv.stderr_text()
+    assert "[INFO] client went away during GET /download" in log and "Traceback" not in log
