@@ -5,7 +5,8 @@ where to listen (``--bind``, else the listening socket a web server left on
 fd 0, else 127.0.0.1:9000) and whether a master is needed. Spawned on fd 0
 with one worker -- Apache mod_fcgid, lighttpd ``bin-path`` -- the web server
 is the process manager, so the process serves requests itself. Otherwise the
-prefork master in manager.py runs the pool.
+prefork master in manager.py runs the pool. Started as a CGI script, it
+serves that one request instead (``--mode``, cgi.py).
 
 Every error a user can cause ends with one line on stderr and an exit code:
 2 bad option, 3 cannot listen / boot failure, 4 the app cannot be loaded.
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .config import Config, ConfigError, SETTINGS_BY_NAME, add_arguments, default_workers
+from .config import SETTINGS_BY_NAME, Config, ConfigError, add_arguments, default_workers, load_config_file
 from .loader import AppLoadError, load_app
 from .logs import error_log, setup_logging
 from .privileges import drop_privileges, resolve_identity, root_refusal
@@ -39,24 +41,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wsgi_fcgi",
         description="Serve a WSGI application over FastCGI (nginx, Apache, lighttpd) with a prefork pool.",
-        epilog="Signals to the master: TERM graceful stop, INT/QUIT quick stop, HUP graceful reload, "
+        epilog="Settings come from, lowest first: defaults, the --config file, the WSGI_FCGI_ARGS "
+               "environment variable (command-line syntax), the command line. "
+               "Signals to the master: TERM graceful stop, INT/QUIT quick stop, HUP graceful reload, "
                "TTIN/TTOU one worker more/fewer, USR1 reopen log files.")
-    parser.add_argument("app", metavar="MODULE:APP",
-                        help="the WSGI app: pkg.mod:app, pkg.mod (finds application or app), pkg.mod:create_app()")
+    parser.add_argument("app", metavar="MODULE:APP", nargs="?",
+                        help="the WSGI app: pkg.mod:app, pkg.mod (finds application or app), pkg.mod:create_app(); "
+                             "or wsgi_app in the config file")
     parser.add_argument("--version", action="version", version=f"wsgi_fcgi {__version__}")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="a Python file setting any option by its name (workers = 4, bind = ['unix:...'])")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the settings and that the app loads, print the effective settings, exit")
     add_arguments(parser)
     return parser
+
+
+def _given(args: argparse.Namespace) -> Dict[str, Any]:
+    return {name: value for name, value in vars(args).items() if name in SETTINGS_BY_NAME and value is not None}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    values = {name: value for name, value in vars(args).items() if name in SETTINGS_BY_NAME and value is not None}
+    env_args = parser.parse_args(shlex.split(os.environ.get("WSGI_FCGI_ARGS", "")))
+    config = Config()
+    app_spec = args.app or env_args.app
     try:
-        config = Config(**values)
+        config_file = args.config or env_args.config
+        if config_file:
+            from_file = load_config_file(config_file)
+            app_spec = app_spec or from_file.pop("wsgi_app", None)
+            config.update(from_file)
+        config.update(_given(env_args))
+        config.update(_given(args))
     except ConfigError as exc:
         parser.error(str(exc))
-    return run(config, app_spec=args.app)
+    if not app_spec:
+        parser.error("MODULE:APP is required (on the command line, or wsgi_app in the --config file)")
+    if args.check_config or env_args.check_config:
+        return check_config(config, app_spec)
+    return run(config, app_spec=app_spec)
+
+
+def check_config(config: Config, app_spec: str) -> int:
+    """Print the effective settings; 0 if they hold and the app loads."""
+    for name, value in sorted(config.as_dict().items()):
+        print(f"{name} = {value!r}")
+    print(f"wsgi_app = {app_spec!r}")
+    try:
+        load_app(app_spec)
+    except AppLoadError as exc:
+        fail(f"cannot load the app: {exc}")
+        return EXIT_APP_LOAD_ERROR
+    return 0
 
 
 def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
@@ -91,6 +129,13 @@ def _check_exposure(addresses: List[Address], allow_remote: bool) -> None:
 def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: Optional[str] = None) -> int:
     """Listen, then serve until stopped. Returns the process exit code."""
     setup_logging(config.log_level)
+    from .cgi import ModeError, detect_mode, serve_cgi
+
+    try:
+        mode = detect_mode(config)
+    except ModeError as exc:
+        fail(str(exc))
+        return EXIT_USAGE
     refusal = root_refusal(config)
     if refusal:
         fail(refusal)
@@ -103,6 +148,8 @@ def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: O
         except OSError as exc:
             fail(f"--chdir {config.chdir}: {exc.strerror}")
             return EXIT_BOOT_ERROR
+    if mode == "cgi":
+        return serve_cgi(config, app, app_spec)
     try:
         listeners, addresses, on_fd0 = open_listeners(config)
     except AddressError as exc:

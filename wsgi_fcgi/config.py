@@ -258,6 +258,13 @@ SETTINGS: List[Setting] = [
             "Run the app as root (e.g. in a container whose only user is root). Without it, and without "
             "--user, a server started as root refuses to start.",
             section="process", is_flag=True),
+    # --- CGI (cgi.py)
+    Setting("mode", ("--mode",), _choice("auto", "fastcgi", "cgi"), "auto",
+            "How requests arrive. auto: FastCGI on --bind or on the listening socket a web server left "
+            "on fd 0; else, started as a CGI script (REQUEST_METHOD or GATEWAY_INTERFACE set), serve that "
+            "one request as CGI; else, from a terminal, say how to run it. fastcgi: never CGI (without "
+            "--bind: fd 0, else 127.0.0.1:9000). cgi: serve one CGI request on stdin/stdout and exit.",
+            metavar="MODE"),
 ]
 
 SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -330,3 +337,40 @@ def _help(setting: Setting) -> str:
     if setting.parse is _octal_mode:
         default = f"{default:04o}"
     return f"{setting.help} Default: {default}.".replace("%", "%%")
+
+
+CONFIG_FILE_EXTRAS = ("wsgi_app",)  # names a config file may set besides the settings
+
+
+def load_config_file(path: str) -> Dict[str, Any]:
+    """The settings a Python config file assigns (``workers = 4``), by name.
+
+    A Python file rather than TOML: the standard library reads TOML only from
+    Python 3.11 on, and gunicorn's users already write their config this way.
+    Names starting with ``_``, imported modules and functions are helpers, not
+    settings; any other unknown name is an error, with a suggestion.
+    """
+    import difflib
+    import types
+
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    namespace: Dict[str, Any] = {"__file__": path, "__name__": "__wsgi_fcgi_config__"}
+    try:
+        exec(compile(source, path, "exec"), namespace)  # noqa: S102 - the operator's own config file
+    except Exception as exc:
+        line = getattr(exc, "lineno", None)
+        where = f", line {line}" if line else ""
+        raise ConfigError(f"--config {path}{where}: {type(exc).__name__}: {exc}") from None
+    values = {name: value for name, value in namespace.items()
+              if not name.startswith("_") and not isinstance(value, (types.ModuleType, types.FunctionType, type))}
+    known = set(SETTINGS_BY_NAME) | set(CONFIG_FILE_EXTRAS)
+    for name in values:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"--config {path}: unknown setting {name!r}{hint}")
+    return values
