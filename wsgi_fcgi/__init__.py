@@ -20,8 +20,10 @@ def serve(app: Callable[..., Any], **options: Any) -> None:
     (``serve(app, workers=4, bind="unix:/run/app.sock")``).
 
     From a ``dispatch.fcgi`` that a web server spawns, no option is needed: the
-    listening socket on fd 0 is found and one process serves requests.
-    Raises ConfigError for a bad option; exits with the server's exit code.
+    listening socket on fd 0 is found and one process serves requests. Run as
+    a CGI script (``AddHandler cgi-script .fcgi``), it serves that one request
+    and returns. Raises ConfigError for a bad option; exits with the server's
+    exit code (1 under CGI when the response is a 500 or incomplete).
     """
     from .cli import run
     from .config import Config

@@ -1,0 +1,322 @@
+"""Serve one request as a CGI script (RFC 3875): the same ``dispatch.fcgi``
+when a web server runs it with ``AddHandler cgi-script`` instead of FastCGI.
+
+Strategy: CGI is FastCGI with one request per process and the streams on
+fds 0 and 1, so this module is only an adapter around the same
+``RequestHandler`` that serves FastCGI requests. The environ comes from
+``build_environ`` fed the process environment as latin-1 pairs (the bytes
+the server put there); ``CGIChannel`` implements the handler's ``Channel``
+over stdin and stdout. The handler frames its output as FastCGI records; the
+channel unwraps the STDOUT records back into bytes for stdout (the handler's
+``Status:`` line and header block already are a CGI response) and drops the
+STDERR copy of a traceback, which the error log on fd 2 already has. That
+costs a copy per chunk -- nothing next to starting a process per request --
+and keeps header validation, the 500 page, HEAD, Content-Length framing and
+``close()`` in one place, with no CGI branch in the FastCGI hot path.
+
+When it applies (``choose_mode``): never with ``--bind`` or a listening socket
+on fd 0 (FastCGI); with ``REQUEST_METHOD`` or ``GATEWAY_INTERFACE`` in the
+environment. Not "fd 0 is not a socket": Apache's mod_cgid hands the script a
+*connected* unix socket as stdin and stdout. Neither, on a terminal: one line
+saying how to run it, never a read from the terminal.
+
+What a CGI script must get right, and how:
+
+* the body: at most CONTENT_LENGTH bytes are read (RFC 3875 4.2); without a
+  length, stdin is read to its end only when the server said the body is
+  chunked (Apache passes it that way and closes the stream after it);
+  otherwise there is no body.
+* Apache writes the whole body before it reads the response, and a process
+  that exits with input unread on mod_cgid's socket resets it under the
+  response. So before the first byte of output the rest of the body is read
+  into a spool, where the app can still read it (or, for a body refused by
+  ``--limit-request-body``, read and dropped).
+* the streams: the request's stdin and stdout move to private close-on-exec
+  descriptors; fd 0 becomes /dev/null and fd 1 stderr, so a ``print()`` in
+  the app lands in the error log (as under mod_fcgid) instead of in the
+  response, and a process the app starts cannot hold the response open.
+* httpoxy: a client's ``Proxy:`` header arrives as HTTP_PROXY in the process
+  environment, where urllib, requests and child processes would take it for
+  a proxy setting: it is dropped from the environ and deleted from
+  ``os.environ`` before the app is loaded.
+* the exit status is FastCGI's appStatus, which the spec models on it: 0 for
+  a complete response, 1 otherwise (the 500 page after an app error, a cut
+  response, a client gone).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+import tempfile
+from typing import IO, Any, Callable, List, Mapping, Optional, Tuple
+
+from . import protocol as p
+from .cli import EXIT_APP_LOAD_ERROR, EXIT_USAGE, fail
+from .config import Config
+from .environ import build_environ
+from .handler import ERROR_500, SPOOL_THRESHOLD, ClientDisconnected, RequestHandler, WSGIApp
+from .loader import AppLoadError, load_app
+from .privileges import drop_privileges, resolve_identity
+
+__all__ = ["CGIChannel", "ModeError", "choose_mode", "detect_mode", "environ_pairs", "is_cgi_environment",
+           "serve_cgi", "serve_request"]
+
+READ_SIZE = 65536
+REQUEST_ID = 1  # the records the handler frames never leave this process
+
+HOW_TO_RUN = (
+    "started from a terminal, not by a web server: to serve FastCGI here pass --bind ADDRESS "
+    "(serve(app, bind=ADDRESS)), or --mode fastcgi for 127.0.0.1:9000; to try one request as CGI, "
+    "set REQUEST_METHOD=GET and PATH_INFO=/some/path"
+)
+
+
+class ModeError(Exception):
+    """The options and the way we were started do not say how requests arrive."""
+
+
+# --- which mode ---------------------------------------------------------------------
+
+def is_cgi_environment(environ: Mapping[str, str]) -> bool:
+    """Whether a web server started us as a CGI script (RFC 3875 requires both
+    variables; either one is taken as the sign)."""
+    return "REQUEST_METHOD" in environ or environ.get("GATEWAY_INTERFACE", "").startswith("CGI/")
+
+
+def fd0_is_listening_socket() -> bool:
+    """Whether fd 0 is a listening socket (FastCGI), looked at without adopting it."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(0).st_mode):
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(fileno=os.dup(0))
+    try:
+        return bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def choose_mode(mode: str, bind: Any, environ: Mapping[str, str], *,
+                fd0_listening: bool, on_terminal: bool) -> str:
+    """``"fastcgi"`` or ``"cgi"`` for the ``--mode`` setting and how we were
+    started; ModeError (one line for the user) when that makes no sense."""
+    if mode == "cgi":
+        if bind:
+            raise ModeError("--mode cgi serves one request on stdin and stdout; it takes no --bind")
+        if not is_cgi_environment(environ):
+            raise ModeError("--mode cgi: no CGI request here (REQUEST_METHOD is not set); "
+                            "a web server sets it when it runs this as a CGI script")
+        return "cgi"
+    if mode == "fastcgi" or bind or fd0_listening:
+        return "fastcgi"
+    if is_cgi_environment(environ):
+        return "cgi"
+    if on_terminal:
+        raise ModeError(HOW_TO_RUN)
+    return "fastcgi"
+
+
+def detect_mode(config: Config) -> str:
+    """``choose_mode`` for this process (fd 0 is probed only when it matters)."""
+    probe = config.mode == "auto" and not config.bind
+    return choose_mode(config.mode, config.bind, os.environ,
+                       fd0_listening=probe and fd0_is_listening_socket(),
+                       on_terminal=probe and os.isatty(0))
+
+
+# --- one request ----------------------------------------------------------------------
+
+def environ_pairs(environ: Mapping[str, str]) -> List[Tuple[str, str]]:
+    """The process environment as PARAMS-like pairs: the bytes the server set,
+    as latin-1 strings (PEP 3333). ``os.environ`` decoded them with the file
+    system encoding and surrogateescape; ``os.fsencode`` gives them back."""
+    return [(os.fsencode(name).decode("latin-1"), os.fsencode(value).decode("latin-1"))
+            for name, value in environ.items()]
+
+
+class CGIChannel:
+    """The handler's ``Channel`` over a CGI script's stdin and stdout.
+
+    ``body_length`` is what may be read from stdin: CONTENT_LENGTH, ``None``
+    for "to the end of the stream" (a chunked body), 0 for no body. A body
+    over ``limit`` bytes (0: none) is one the handler refuses: what is left
+    of it is dropped rather than spooled.
+    """
+
+    def __init__(self, stdin_fd: int, stdout_fd: int, body_length: Optional[int], limit: int = 0) -> None:
+        self.stdin_fd = stdin_fd
+        self.stdout_fd = stdout_fd
+        self._unread = body_length  # body bytes still on stdin; None: up to EOF
+        self._keep_unread = not limit or (body_length is not None and body_length <= limit)
+        self._spool: Optional[IO[bytes]] = None
+        self._records = p.RecordReader()
+        self.app_status: Optional[int] = None  # END_REQUEST's, once the whole response is written
+
+    @property
+    def body_unread(self) -> bool:
+        return self._spool is None and self._unread != 0
+
+    def read_stdin(self) -> bytes:
+        if self._spool is not None:
+            return self._spool.read(READ_SIZE)
+        return self._read_body()
+
+    def read_data(self) -> bytes:
+        return b""  # no FILTER role under CGI
+
+    def _read_body(self) -> bytes:
+        if self._unread == 0:
+            return b""
+        size = READ_SIZE if self._unread is None else min(READ_SIZE, self._unread)
+        try:
+            data = os.read(self.stdin_fd, size)
+        except OSError as exc:
+            raise ClientDisconnected(f"reading the request body failed: {exc.strerror or exc}") from None
+        if not data:
+            self._unread = 0  # ended short of CONTENT_LENGTH: the handler's InputStream says so
+        elif self._unread is not None:
+            self._unread -= len(data)
+        return data
+
+    def _spool_rest_of_body(self) -> None:
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
+        while True:
+            chunk = self._read_body()
+            if not chunk:
+                break
+            if self._keep_unread:
+                spool.write(chunk)
+        spool.seek(0)
+        self._spool = spool
+
+    def send(self, buffers: List[Any]) -> None:
+        data = b"".join(buffers)
+        if not data:
+            return
+        reader = self._records
+        reader.feed(data)
+        out = []
+        app_status = None
+        while True:
+            record = reader.next_record()
+            if record is None:
+                break
+            if record.type == p.FCGI_STDOUT:
+                out.append(record.content)
+            elif record.type == p.FCGI_END_REQUEST:
+                app_status = p.END_REQUEST_BODY.unpack(record.content)[0]
+            # FCGI_STDERR: the traceback, which the error log on stderr already has
+        self.write(b"".join(out))
+        if app_status is not None:
+            self.app_status = app_status  # the whole response went out
+
+    def write(self, data: bytes) -> None:
+        """Write response bytes to stdout (the rest of the body is read first)."""
+        if self.body_unread:
+            self._spool_rest_of_body()
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.stdout_fd, view)
+            except OSError as exc:
+                raise ClientDisconnected(f"writing the response failed: {exc.strerror or exc}") from None
+            view = view[written:]
+
+    def end_request(self, app_status: int) -> bytes:
+        return p.encode_end_request(REQUEST_ID, app_status)
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+
+
+def _channel(pairs: List[Tuple[str, str]], stdin_fd: int, stdout_fd: int, limit: int = 0) -> CGIChannel:
+    """The channel for a request, reading the body that build_environ says there is."""
+    environ = build_environ(pairs)
+    length = environ.get("CONTENT_LENGTH")  # present only when it is a usable number
+    if isinstance(length, str):
+        return CGIChannel(stdin_fd, stdout_fd, int(length), limit)
+    return CGIChannel(stdin_fd, stdout_fd, None if environ.get("HTTP_TRANSFER_ENCODING") else 0, limit)
+
+
+def _run_once(app: WSGIApp) -> WSGIApp:
+    def app_run_once(environ: Any, start_response: Any) -> Any:
+        environ["wsgi.run_once"] = True  # PEP 3333: true under CGI
+        return app(environ, start_response)
+    return app_run_once
+
+
+def serve_request(app: WSGIApp, environ: Mapping[str, str], *, stdin_fd: int, stdout_fd: int,
+                  script_name: Optional[str] = None, limit_request_body: int = 0) -> int:
+    """Run the one request described by ``environ`` (a CGI process
+    environment): the body from ``stdin_fd``, the response to ``stdout_fd``.
+    Returns the exit status (0: a complete response went out)."""
+    pairs = environ_pairs(environ)
+    channel = _channel(pairs, stdin_fd, stdout_fd, limit_request_body)
+    handler = RequestHandler(_run_once(app), script_name=script_name, multiprocess=True,
+                             limit_request_body=limit_request_body)
+    try:
+        handler.handle(channel, REQUEST_ID, p.FCGI_RESPONDER, pairs)
+    finally:
+        channel.close()
+    return 0 if channel.app_status == 0 else 1
+
+
+# --- start-up -----------------------------------------------------------------------
+
+def _take_over_streams() -> Tuple[int, int]:
+    """(stdin, stdout) of the request on private close-on-exec descriptors;
+    fd 0 becomes /dev/null and fd 1 a copy of stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    stdout_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        stdin_fd = os.dup(0)
+    except OSError:  # started with fd 0 closed: no body
+        stdin_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDONLY)
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
+    return stdin_fd, stdout_fd
+
+
+def serve_cgi(config: Config, app: Optional[Callable[..., Any]], app_spec: Optional[str]) -> int:
+    """Serve the one CGI request of this process; returns the exit status.
+    A failure before the app runs is one line on stderr and the generic 500."""
+    stdin_fd, stdout_fd = _take_over_streams()
+    os.environ.pop("HTTP_PROXY", None)  # httpoxy, before the app's own code runs
+    try:
+        identity = resolve_identity(config)
+    except (KeyError, ValueError) as exc:
+        return _start_failed(str(exc), EXIT_USAGE, stdin_fd, stdout_fd)
+    if identity is not None and not identity.is_current():
+        drop_privileges(identity)
+    if app is None:
+        assert app_spec is not None
+        try:
+            app = load_app(app_spec)
+        except AppLoadError as exc:
+            return _start_failed(f"cannot load the app: {exc}", EXIT_APP_LOAD_ERROR, stdin_fd, stdout_fd)
+    return serve_request(app, os.environ, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
+                         script_name=config.script_name, limit_request_body=config.limit_request_body)
+
+
+def _start_failed(message: str, code: int, stdin_fd: int, stdout_fd: int) -> int:
+    fail(message)
+    channel = _channel(environ_pairs(os.environ), stdin_fd, stdout_fd)
+    try:
+        channel.write(ERROR_500)
+    except ClientDisconnected:
+        pass
+    finally:
+        channel.close()
+    return code
