@@ -259,6 +259,12 @@ class Worker:
         os._exit(1)
 
     # --- the loop
+    def heartbeat(self) -> None:
+        """Called before each wait for events and before reading each request
+        on a connection. A no-op here: a worker run by another process manager
+        reports that it is alive from it (wsgi_fcgi.gunicorn notifies gunicorn's
+        arbiter, which kills a worker that stays silent for --timeout)."""
+
     def run(self) -> None:
         self._install_signals()
         self.slot.reset(os.getpid())
@@ -269,6 +275,7 @@ class Worker:
         epoll.register(self._wakeup_r, select.EPOLLIN)
         try:
             while self.alive:
+                self.heartbeat()
                 for fd, _ in epoll.poll(self._poll_timeout()):
                     if fd == self._wakeup_r:
                         self._drain_wakeup()
@@ -380,6 +387,7 @@ class Worker:
         """Serve requests on ``conn`` until it closes, goes idle or must end."""
         try:
             while True:
+                self.heartbeat()
                 begin, params = self._read_request_head(conn)
                 if begin is None or params is None:
                     conn.close()
