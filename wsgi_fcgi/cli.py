@@ -24,7 +24,7 @@ from . import __version__
 from .config import SETTINGS_BY_NAME, Config, ConfigError, add_arguments, default_workers, load_config_file
 from .loader import AppLoadError, load_app
 from .logs import error_log, setup_logging
-from .privileges import drop_privileges, resolve_identity, root_refusal
+from .privileges import drop_privileges, resolve_identity, root_refusal, socket_owner
 from .sockets import (DEFAULT_TCP_ADDRESS, Address, AddressError, bind, inherited_listener, is_loopback,
                       parse_address)
 
@@ -102,7 +102,8 @@ def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
     if config.bind:
         addresses = [parse_address(spec) for spec in config.bind]
         _check_exposure(addresses, config.allow_remote)
-        sockets = [bind(a, backlog=config.backlog, socket_mode=config.socket_mode) for a in addresses]
+        owner = socket_owner(config)
+        sockets = [bind(a, backlog=config.backlog, socket_mode=config.socket_mode, owner=owner) for a in addresses]
         return sockets, addresses, False
     inherited = inherited_listener()
     if inherited is not None:

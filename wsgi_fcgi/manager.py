@@ -174,7 +174,6 @@ class Arbiter:
         except ValueError as exc:
             fail(str(exc))
             return EXIT_BOOT_ERROR
-        self._chown_socket_files()
         _set_title(f"wsgi_fcgi: master [{self.label}]")
         if not self._write_pidfile():
             return EXIT_BOOT_ERROR
@@ -635,19 +634,6 @@ class Arbiter:
                     continue
                 self._socket_files[str(address.target)] = (st.st_dev, st.st_ino)
 
-    def _chown_socket_files(self) -> None:
-        """The socket belongs to the workers' user and to --socket-group (else --group)."""
-        group = self.config.socket_group
-        if (self._identity is None and group is None) or os.geteuid() != 0:
-            return
-        uid = self._identity.uid if self._identity is not None else -1
-        gid = _gid(group) if group is not None else (self._identity.gid if self._identity is not None else -1)
-        for path in self._socket_files:
-            try:
-                os.chown(path, uid, gid)
-            except OSError as exc:
-                error_log.warning("cannot chown %s: %s", path, exc.strerror or exc)
-
     def _close_listeners(self) -> None:
         """Stop taking connections: remove our socket files first, so a client
         gets "refused" at once instead of waiting in a backlog nobody serves."""
@@ -776,9 +762,3 @@ def _file_handlers() -> List[logging.FileHandler]:
     for logger in loggers:
         found += [h for h in logger.handlers if isinstance(h, logging.FileHandler) and h not in found]
     return found
-
-
-def _gid(group: str) -> int:
-    import grp
-
-    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from .config import Config
 
@@ -69,3 +69,20 @@ def root_refusal(config: Config) -> Optional[str]:
         return ("refusing to run the app as root: pass --user USER (workers drop to it after binding) "
                 "or --allow-root if you mean it")
     return None
+
+
+def socket_owner(config: Config) -> Tuple[int, int]:
+    """(uid, gid) for a unix socket file we create: the workers' user, and
+    --socket-group (else their group); (-1, -1) leaves it as created. Only root
+    can give a file away."""
+    if os.geteuid() != 0:
+        return -1, -1
+    identity = resolve_identity(config)
+    uid = identity.uid if identity is not None else -1
+    gid = identity.gid if identity is not None else -1
+    if config.socket_group is not None:
+        import grp
+
+        group = config.socket_group
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return uid, gid

@@ -88,9 +88,12 @@ def is_loopback(address: Address) -> bool:
         return False
 
 
-def bind(address: Address, *, backlog: int = 1024, socket_mode: Optional[int] = 0o660) -> socket.socket:
+def bind(address: Address, *, backlog: int = 1024, socket_mode: Optional[int] = 0o660,
+         owner: Tuple[int, int] = (-1, -1)) -> socket.socket:
     """A listening socket for ``address``. A stale unix socket file is replaced,
-    one that a live server still answers on is not."""
+    one that a live server still answers on is not. A unix socket file gets its
+    mode and ``owner`` (uid, gid; -1 keeps one) before listen(), so no client
+    can connect while it still has the wrong ones."""
     if address.is_fd:
         return adopt_fd(address.target)  # type: ignore[arg-type]
     sock = socket.socket(address.family, socket.SOCK_STREAM)
@@ -102,6 +105,8 @@ def bind(address: Address, *, backlog: int = 1024, socket_mode: Optional[int] = 
             sock.bind(path)
             if socket_mode is not None:
                 os.chmod(path, socket_mode)
+            if owner != (-1, -1):
+                os.chown(path, *owner)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if address.family == socket.AF_INET6:
