@@ -115,6 +115,7 @@ import sys
 from wsgi_fcgi import serve
 from cgi_app import app
 
+print("printed before serve()")  # still in sys.stdout's buffer (a pipe) when serve() starts
 serve(app, allow_root=True)
 print("after serve() returned")  # fd 1 is stderr now: never part of the response
 '''
@@ -530,7 +531,9 @@ def test_serve_in_a_script_serves_one_request_and_returns(app_dir: Path) -> None
     run = run_script([sys.executable, "serve_script.py"], cgi_environ("/echo", method="PUT", body=body),
                      stdin=body, cwd=app_dir)
     assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(b"Status: 200 OK\r\n")
     assert run.json()["body"] == "via serve()"
+    assert "printed before serve()" in run.stderr
     assert "after serve() returned" in run.stderr
 
 

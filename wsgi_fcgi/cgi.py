@@ -273,11 +273,13 @@ def serve_request(app: WSGIApp, environ: Mapping[str, str], *, stdin_fd: int, st
 def _take_over_streams() -> Tuple[int, int]:
     """(stdin, stdout) of the request on private close-on-exec descriptors;
     fd 0 becomes /dev/null and fd 1 a copy of stderr."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
     stdout_fd = os.dup(1)
-    os.dup2(2, 1)
+    try:
+        os.dup2(2, 1)
+    except OSError:  # started with fd 2 closed
+        os.dup2(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC), 1)
+    if sys.stdout is not None:
+        sys.stdout.flush()  # whatever was printed before serve() goes to stderr, not ahead of the Status line
     try:
         stdin_fd = os.dup(0)
     except OSError:  # started with fd 0 closed: no body
