@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -257,6 +258,22 @@ def test_access_log_and_request_hooks_through_nginx(gunicorn: Any, nginx: Any, t
     assert "hook pre_request GET /hello" in output
     assert "hook post_request GET /hello?x=1 -> 200 OK sent=13" in output
     assert "hook post_request GET /error-before -> 500 Internal Server Error sent=None" in output
+
+
+@needs_gunicorn
+def test_statsd_gets_request_metrics(gunicorn: Any) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
+        statsd.bind(("127.0.0.1", 0))
+        statsd.settimeout(10)
+        server = gunicorn("--statsd-host", f"127.0.0.1:{statsd.getsockname()[1]}", "--statsd-prefix", "app")
+        assert Client(server.address, timeout=10).request("/hello").status == 200
+        seen: List[str] = []
+        deadline = time.monotonic() + 10
+        while not any(m.startswith("app.gunicorn.request.status.200:1|c") for m in seen):
+            assert time.monotonic() < deadline, seen
+            seen += statsd.recv(4096).decode().splitlines()
+    assert any(m.startswith("app.gunicorn.requests:1|c") for m in seen), seen
+    assert any(m.startswith("app.gunicorn.request.duration:") for m in seen), seen
 
 
 # --- with our client -------------------------------------------------------------
