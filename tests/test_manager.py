@@ -441,7 +441,7 @@ def test_usr1_reopens_logs_without_harming_anyone(server):
     srv = server("--workers", "2")
     pids = wait_workers(srv, 2)
     srv.send_signal(signal.SIGUSR1)
-    wait_log(srv, "reopening log files")
+    wait_log(srv, "reopened log files")
     assert body(srv).startswith("hello from ")
     assert children(srv.pid) == pids
 

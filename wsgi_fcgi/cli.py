@@ -129,7 +129,11 @@ def _check_exposure(addresses: List[Address], allow_remote: bool) -> None:
 
 def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: Optional[str] = None) -> int:
     """Listen, then serve until stopped. Returns the process exit code."""
-    setup_logging(config.log_level)
+    try:
+        setup_logging(config.log_level, config.error_logfile, config.access_logfile)
+    except OSError as exc:
+        fail(f"cannot open a log file: {exc.filename}: {exc.strerror}")
+        return EXIT_USAGE
     from .cgi import ModeError, detect_mode, serve_cgi
 
     try:

@@ -14,6 +14,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .logs import DEFAULT_ACCESS_FORMAT
+
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used; the message says which and why."""
@@ -242,6 +244,16 @@ SETTINGS: List[Setting] = [
             "Write the master's process id to this file.", metavar="FILE", section="process"),
     Setting("log_level", ("--log-level",), _choice("debug", "info", "warning", "error", "critical"), "info",
             "Error log level.", metavar="LEVEL", section="logging"),
+    Setting("error_logfile", ("--error-logfile",), _optional_str, "-",
+            "Where the error log goes: a file, or - for stderr. Reopened on USR1.",
+            metavar="FILE", section="logging"),
+    Setting("access_logfile", ("--access-logfile",), _optional_str, None,
+            "Write an access log line per request to this file (- for stderr). Off by default. "
+            "Reopened on USR1.", metavar="FILE", section="logging"),
+    Setting("access_logformat", ("--access-logformat",), str, DEFAULT_ACCESS_FORMAT,
+            "Access log format with gunicorn's atoms (%(h)s remote address, %(r)s request line, %(s)s "
+            "status, %(b)s bytes, %(D)s microseconds, %(p)s pid, %({header}i)s, %({header}o)s ...), "
+            "or json.", metavar="FORMAT", section="logging"),
     # --- privileges (manager.py applies them; added with the prefork manager)
     Setting("user", ("-u", "--user"), _user, None,
             "Run the workers as this user (name or uid) when started as root; the master binds first. "

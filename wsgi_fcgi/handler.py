@@ -23,12 +23,14 @@ import logging
 import re
 import sys
 import tempfile
+import time
 import traceback
 from types import TracebackType
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple, Type
 
 from . import protocol as p
 from .environ import build_environ
+from .logs import AccessLog
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
@@ -250,19 +252,28 @@ class RequestHandler:
     """Calls one WSGI app for each request; one instance per worker."""
 
     def __init__(self, app: WSGIApp, *, script_name: Optional[str] = None, multiprocess: bool = True,
-                 limit_request_body: int = 0) -> None:
+                 limit_request_body: int = 0, access_log: Optional[AccessLog] = None) -> None:
         self.app = app
         self.script_name = script_name
         self.multiprocess = multiprocess
         self.limit_request_body = limit_request_body
+        self.access_log = access_log if access_log is not None and access_log.enabled else None
         self.errors = ErrorStream()
 
     def handle(self, channel: Channel, request_id: int, role: int, pairs: List[Tuple[str, str]]) -> bool:
         """Run one request to completion. False when the connection can no
         longer be used (peer gone, or cut after an app error)."""
+        started = time.monotonic()
         environ = build_environ(pairs, script_name=self.script_name, role=role,
                                 multiprocess=self.multiprocess)
         response = Response(channel, request_id, role, environ.get("REQUEST_METHOD") == "HEAD")
+        try:
+            return self._run(channel, role, environ, response)
+        finally:
+            if self.access_log is not None:
+                self.access_log.log(environ, response.status, response.headers, response.sent, started)
+
+    def _run(self, channel: Channel, role: int, environ: Dict[str, Any], response: Response) -> bool:
         try:
             self._prepare_input(channel, role, environ)
         except ClientDisconnected as exc:
@@ -366,7 +377,7 @@ class Response:
     """
 
     __slots__ = ("channel", "request_id", "role", "is_head", "status", "headers",
-                 "headers_sent", "pending", "cut", "discard_body", "remaining", "ended")
+                 "headers_sent", "pending", "cut", "discard_body", "remaining", "ended", "sent")
 
     def __init__(self, channel: Channel, request_id: int, role: int, is_head: bool) -> None:
         self.channel = channel
@@ -381,6 +392,7 @@ class Response:
         self.discard_body = is_head
         self.remaining: Optional[int] = None  # body bytes still due by the app's Content-Length
         self.ended = False  # the end records are queued or sent
+        self.sent = 0  # body bytes sent (for the access log)
 
     def start_response(self, status: str, headers: List[Tuple[str, str]],
                        exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
@@ -407,17 +419,18 @@ class Response:
             if data and not self.discard_body:
                 error_log.warning("dropping %d response bytes past the Content-Length the app declared", len(data))
             return
-        if not self.headers_sent:
-            head = self._header_block()  # may decide to discard the body (authorizer 200)
-            if self.discard_body:
-                data = b""
-            if len(data) <= MERGE_LIMIT:
-                self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, head + data)
-            else:  # too big to copy for nothing: the head goes in its own record
-                self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, head)
+        head = b"" if self.headers_sent else self._header_block()  # may decide to discard the body
+        if self.discard_body:
+            data = b""
+        if not head:
+            if data:
                 self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, data)
-        elif data and not self.discard_body:
+        elif len(data) <= MERGE_LIMIT:
+            self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, head + data)
+        else:  # too big to copy for nothing: the head goes in its own record
+            self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, head)
             self.pending += p.encode_stream(p.FCGI_STDOUT, self.request_id, data)
+        self.sent += len(data)
         if self.remaining is not None:
             self.remaining -= len(data)
             if self.remaining <= 0:
@@ -468,6 +481,7 @@ class Response:
         stderr = traceback_text.encode("utf-8", "replace")
         buffers = p.encode_stream(p.FCGI_STDERR, self.request_id, stderr)
         buffers.append(p.encode_record(p.FCGI_STDERR, self.request_id))
+        self.status, self.headers, self.sent = "500 Internal Server Error", [], 21
         body = ERROR_500 if not self.is_head else ERROR_500[:ERROR_500.index(b"\r\n\r\n") + 4]
         buffers += p.encode_stream(p.FCGI_STDOUT, self.request_id, body)
         buffers.append(p.encode_record(p.FCGI_STDOUT, self.request_id))
@@ -478,6 +492,7 @@ class Response:
 
     def send_simple(self, cgi_response: bytes) -> bool:
         """A fixed response of our own, the app not called; False if the peer is gone."""
+        self.status = cgi_response[8:cgi_response.index(b"\r\n")].decode("latin-1")
         if self.is_head:
             cgi_response = cgi_response[:cgi_response.index(b"\r\n\r\n") + 4]
         buffers = p.encode_stream(p.FCGI_STDOUT, self.request_id, cgi_response)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 from .cli import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, fail
 from .config import Config
 from .loader import AppLoadError, load_app
+from .logs import reopen_files
 from .privileges import Identity, drop_privileges, resolve_identity
 from .scoreboard import Scoreboard, SlotState
 from .sockets import Address, cleanup
@@ -293,15 +294,8 @@ class Arbiter:
 
     def _reopen_logs(self) -> None:
         """USR1: reopen log files (after logrotate moved them), here and in the workers."""
-        error_log.info("reopening log files")
-        for handler in _file_handlers():
-            handler.acquire()
-            try:
-                if handler.stream:
-                    handler.stream.close()
-                handler.stream = handler._open()
-            finally:
-                handler.release()
+        reopen_files()
+        error_log.info("reopened log files")
         for worker in self._serving():  # a booting worker opens its files afresh anyway
             self._signal(worker, signal.SIGUSR1)
 
@@ -753,12 +747,3 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
-
-
-def _file_handlers() -> List[logging.FileHandler]:
-    loggers: List[logging.Logger] = [logging.getLogger()]
-    loggers += [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
-    found: List[logging.FileHandler] = []
-    for logger in loggers:
-        found += [h for h in logger.handlers if isinstance(h, logging.FileHandler) and h not in found]
-    return found

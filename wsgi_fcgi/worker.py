@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from . import protocol as p
 from .config import Config, parse_networks
 from .handler import ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
+from .logs import AccessLog, reopen_files
 from .scoreboard import Slot, private_slot
 
 error_log = logging.getLogger("wsgi_fcgi.error")
@@ -198,9 +199,9 @@ class Worker:
                  limits: Optional[p.Limits] = None, max_conns: int = 1, slot: Optional[Slot] = None,
                  parent_pid: Optional[int] = None, multiprocess: bool = True,
                  limit_request_body: int = 0, max_idle_connections: int = 32,
-                 allowed_peers: Sequence[Any] = ()) -> None:
+                 allowed_peers: Sequence[Any] = (), access_log: Optional[AccessLog] = None) -> None:
         self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess,
-                                      limit_request_body=limit_request_body)
+                                      limit_request_body=limit_request_body, access_log=access_log)
         self.max_idle_connections = max_idle_connections
         self.allowed_peers = PeerFilter(allowed_peers)
         self.listeners = {sock.fileno(): sock for sock in listeners}
@@ -212,6 +213,7 @@ class Worker:
         self.slot = slot or private_slot()
         self.parent_pid = parent_pid
         self.alive = True
+        self.reopen_logs = False
         self.requests = 0
         self.idle: Dict[int, Connection] = {}
         self._epoll: Optional[select.epoll] = None
@@ -230,7 +232,8 @@ class Worker:
                    max_conns=max_conns, slot=slot, parent_pid=parent_pid,
                    limit_request_body=config.limit_request_body,
                    max_idle_connections=config.max_idle_connections,
-                   allowed_peers=allowed_networks(config))
+                   allowed_peers=allowed_networks(config),
+                   access_log=AccessLog(config.access_logformat))
 
     # --- signals
     def _install_signals(self) -> None:
@@ -241,8 +244,11 @@ class Worker:
         signal.signal(signal.SIGQUIT, self._stop_now)
         signal.signal(signal.SIGABRT, self._timed_out)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # log reopening: see logs.py
+        signal.signal(signal.SIGUSR1, self._ask_reopen_logs)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def _ask_reopen_logs(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.reopen_logs = True  # done in the loop, never inside a handler that may interrupt a log write
 
     def _stop_gracefully(self, signum: int, frame: Optional[FrameType]) -> None:
         self.alive = False
@@ -287,6 +293,9 @@ class Worker:
                         break
                 self._expire_idle()
                 self._resume_accepting_when_due()
+                if self.reopen_logs:
+                    self.reopen_logs = False
+                    reopen_files()
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     error_log.warning("worker %d: master %d has gone, exiting", os.getpid(), self.parent_pid)
                     self.alive = False
