@@ -527,19 +527,35 @@ def _checked_headers(headers: Any) -> List[Tuple[str, str]]:
     if not isinstance(headers, list):
         raise InvalidResponse(f"headers must be a list of (name, value) tuples, not {type(headers).__name__}")
     checked: List[Tuple[str, str]] = []
+    good_names = _GOOD_NAMES
     for item in headers:
-        if not (isinstance(item, tuple) and len(item) == 2):
+        if not isinstance(item, tuple) or len(item) != 2:
             raise InvalidResponse(f"header {item!r} is not a (name, value) tuple")
         name, value = item
-        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
-            raise InvalidResponse(f"invalid header name {name!r}")
+        if name not in good_names:
+            _check_name(name)
         if not isinstance(value, str) or _BAD_VALUE_RE.search(value):
             raise InvalidResponse(f"invalid value for header {name}: {value!r}")
-        if name.lower() in _HOP_BY_HOP:
+        if good_names.get(name) is False:
             error_log.debug("dropping hop-by-hop header %s from the response", name)
             continue
         checked.append(item)
     return checked
+
+
+# Header names already checked: True to send, False to drop (hop-by-hop). An
+# app sends the same dozen names again and again; the regex runs once each.
+_GOOD_NAMES: Dict[str, bool] = {}
+_GOOD_NAMES_MAX = 1024
+
+
+def _check_name(name: Any) -> None:
+    if type(name) is not str or not _TOKEN_RE.fullmatch(name):
+        raise InvalidResponse(f"invalid header name {name!r}")
+    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES[name] = name.lower() not in _HOP_BY_HOP
+    elif name.lower() in _HOP_BY_HOP:  # cache full: decide without remembering
+        _GOOD_NAMES.setdefault(name, False)
 
 
 def _int_or_none(value: Any) -> Optional[int]:

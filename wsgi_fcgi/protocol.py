@@ -21,9 +21,10 @@ caller ends that connection and nothing else.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 # --- constants (spec section 8) -------------------------------------------
 
@@ -62,6 +63,7 @@ FCGI_MAX_REQS = "FCGI_MAX_REQS"
 FCGI_MPXS_CONNS = "FCGI_MPXS_CONNS"
 
 HEADER = struct.Struct("!BBHHBx")
+_LENGTH4 = struct.Struct("!I")
 BEGIN_REQUEST_BODY = struct.Struct("!HB5x")
 END_REQUEST_BODY = struct.Struct("!IB3x")
 UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
@@ -98,9 +100,8 @@ class Limits:
 
 # --- events ----------------------------------------------------------------
 
-@dataclass
-class Record:
-    """One raw record: what the framing layer yields."""
+class Record(NamedTuple):
+    """One raw record: what the framing layer yields (a tuple: cheap to make)."""
 
     type: int
     request_id: int
@@ -217,9 +218,15 @@ def encode_stream(record_type: int, request_id: int, data: bytes) -> List[bytes]
     The payload is referenced through memoryviews, never copied, so the list can be
     handed to ``socket.sendmsg`` as it is.
     """
+    total = len(data)
+    if not total:
+        return []
+    if total <= MAX_CONTENT_LENGTH:  # the common case: one record, no slicing
+        padding = -total & 7
+        header = HEADER.pack(FCGI_VERSION_1, record_type, request_id, total, padding)
+        return [header, data, _PADDING[:padding]] if padding else [header, data]
     out: List[bytes] = []
     view = memoryview(data)
-    total = len(data)
     pos = 0
     while pos < total:
         length = min(total - pos, MAX_CONTENT_LENGTH)
@@ -274,44 +281,52 @@ def decode_pairs(content: bytes, limits: Optional[Limits] = None) -> List[Tuple[
     limits = limits or _DEFAULT_LIMITS
     # latin-1 maps every byte to one code point, so one decode of the whole
     # buffer lets names and values be sliced out as str with no per-pair decode.
+    # Lengths are read from the bytes (indexing gives ints); names and values are
+    # sliced from one latin-1 decode of the whole stream (one code point per byte),
+    # so no pair is decoded on its own. Running off the end shows up as IndexError.
     text = content.decode("latin-1")
-    end = len(text)
+    data = content
+    end = len(data)
     pos = 0
     pairs: List[Tuple[str, str]] = []
+    append = pairs.append
+    unpack_length = _LENGTH4.unpack_from
     max_name = limits.max_name_length
     max_value = limits.max_value_length
-    while pos < end:
-        name_len = ord(text[pos])
-        if name_len & 0x80:
-            if pos + 4 > end:
-                raise ProtocolError("truncated name length in name-value pair")
-            name_len = struct.unpack_from("!I", content, pos)[0] & 0x7FFFFFFF
-            pos += 4
-        else:
-            pos += 1
-        if pos >= end:
-            raise ProtocolError("truncated value length in name-value pair")
-        value_len = ord(text[pos])
-        if value_len & 0x80:
-            if pos + 4 > end:
-                raise ProtocolError("truncated value length in name-value pair")
-            value_len = struct.unpack_from("!I", content, pos)[0] & 0x7FFFFFFF
-            pos += 4
-        else:
-            pos += 1
-        if name_len > max_name:
-            raise ProtocolError(f"parameter name of {name_len} bytes exceeds the limit of {max_name}")
-        if value_len > max_value:
-            raise ProtocolError(f"parameter value of {value_len} bytes exceeds the limit of {max_value}")
-        value_start = pos + name_len
-        value_end = value_start + value_len
-        if value_end > end:
-            raise ProtocolError("name-value pair runs past the end of the stream")
-        pairs.append((text[pos:value_start], text[value_start:value_end]))
-        if len(pairs) > limits.max_params_count:
-            raise ProtocolError(f"more than {limits.max_params_count} parameters")
-        pos = value_end
+    try:
+        while pos < end:
+            name_len = data[pos]
+            if name_len > 127:
+                name_len = unpack_length(data, pos)[0] & 0x7FFFFFFF
+                pos += 4
+            else:
+                pos += 1
+            value_len = data[pos]
+            if value_len > 127:
+                value_len = unpack_length(data, pos)[0] & 0x7FFFFFFF
+                pos += 4
+            else:
+                pos += 1
+            value_start = pos + name_len
+            value_end = value_start + value_len
+            if value_end > end or name_len > max_name or value_len > max_value:
+                _explain_bad_pair(name_len, value_len, limits)
+                raise ProtocolError("name-value pair runs past the end of the stream")
+            append((text[pos:value_start], text[value_start:value_end]))
+            pos = value_end
+    except (IndexError, struct.error):
+        raise ProtocolError("truncated length in name-value pair") from None
+    # Checked once at the end: the stream's size, already capped, bounds the count meanwhile.
+    if len(pairs) > limits.max_params_count:
+        raise ProtocolError(f"more than {limits.max_params_count} parameters")
     return pairs
+
+
+def _explain_bad_pair(name_len: int, value_len: int, limits: Limits) -> None:
+    if name_len > limits.max_name_length:
+        raise ProtocolError(f"parameter name of {name_len} bytes exceeds the limit of {limits.max_name_length}")
+    if value_len > limits.max_value_length:
+        raise ProtocolError(f"parameter value of {value_len} bytes exceeds the limit of {limits.max_value_length}")
 
 
 _DEFAULT_LIMITS = Limits()
@@ -320,18 +335,26 @@ _DEFAULT_LIMITS = Limits()
 # --- framing -----------------------------------------------------------------
 
 class RecordReader:
-    """Turns a byte stream, split anywhere, into ``Record`` objects."""
+    """Turns a byte stream, split anywhere, into ``Record`` objects.
+
+    The buffer is the received ``bytes`` plus a read offset: when a recv holds
+    whole records (a GET from nginx is one segment) nothing is copied but each
+    record's content, and nothing is moved as records are taken.
+    """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""
+        self._offset = 0
         self._eof = False
 
     def feed(self, data: bytes) -> None:
         """Append received bytes; ``b""`` means the peer closed its side."""
         if not data:
             self._eof = True
+        elif self._offset >= len(self._buffer):
+            self._buffer, self._offset = bytes(data), 0
         else:
-            self._buffer += data
+            self._buffer, self._offset = self._buffer[self._offset:] + data, 0
 
     @property
     def eof(self) -> bool:
@@ -339,26 +362,27 @@ class RecordReader:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._offset
 
     def next_record(self) -> Optional[Record]:
         """The next complete record, or None if more bytes are needed."""
-        buf = self._buffer
-        if len(buf) < FCGI_HEADER_LEN:
-            if self._eof and buf:
+        buf, start = self._buffer, self._offset
+        available = len(buf) - start
+        if available < FCGI_HEADER_LEN:
+            if self._eof and available:
                 raise IncompleteRecord("connection closed inside a record header")
             return None
-        version, record_type, request_id, length, padding = HEADER.unpack_from(buf)
+        version, record_type, request_id, length, padding = HEADER.unpack_from(buf, start)
         if version != FCGI_VERSION_1:
             raise ProtocolError(f"unsupported FastCGI version {version}")
-        total = FCGI_HEADER_LEN + length + padding
-        if len(buf) < total:
+        content_start = start + FCGI_HEADER_LEN
+        end = content_start + length + padding
+        if end > len(buf):
             if self._eof:
                 raise IncompleteRecord("connection closed inside a record")
             return None
-        content = bytes(buf[FCGI_HEADER_LEN:FCGI_HEADER_LEN + length])
-        del buf[:total]
-        return Record(record_type, request_id, content)
+        self._offset = end
+        return Record(record_type, request_id, buf[content_start:content_start + length])
 
 
 # --- application side ----------------------------------------------------------
@@ -371,6 +395,11 @@ class _ActiveRequest:
     params_done: bool = False
     stdin_done: bool = False
     data_done: bool = False
+
+
+@functools.lru_cache(maxsize=None)
+def _get_values_answers(max_conns: int, max_reqs: int) -> Dict[str, str]:
+    return {FCGI_MAX_CONNS: str(max_conns), FCGI_MAX_REQS: str(max_reqs), FCGI_MPXS_CONNS: "0"}
 
 
 class ServerConnection:
@@ -386,7 +415,7 @@ class ServerConnection:
                  limits: Optional[Limits] = None) -> None:
         self.limits = limits or _DEFAULT_LIMITS
         self.roles = frozenset(roles)
-        self.values = {FCGI_MAX_CONNS: str(max_conns), FCGI_MAX_REQS: str(max_reqs), FCGI_MPXS_CONNS: "0"}
+        self.values = _get_values_answers(max_conns, max_reqs)
         self._reader = RecordReader()
         self._active: Optional[_ActiveRequest] = None
         self._outgoing: List[bytes] = []

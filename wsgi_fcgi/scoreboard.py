@@ -46,8 +46,9 @@ class Slot:
 
     def begin(self, method: str, uri: str) -> None:
         """A request starts: the master's timeout clock runs from now."""
-        text = f"{method} {uri}".encode("latin-1", "replace")[:224]
-        _SLOT.pack_into(self._memory, self._offset, time.monotonic(), 0.0, self.requests, self.pid, text)
+        # The master reads this only when a worker hangs; the worker writes it on every request.
+        _SLOT.pack_into(self._memory, self._offset, time.monotonic(), 0.0, self.requests, self.pid,
+                        (method + " " + uri).encode("latin-1", "replace"))
 
     def end(self) -> None:
         self.requests += 1

@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import socket
+import _socket
 import struct
 import time
 import traceback
@@ -58,7 +59,7 @@ class Connection:
 
     __slots__ = ("sock", "fd", "proto", "peer", "request_id", "input_finished", "_stash", "idle_since")
 
-    def __init__(self, sock: socket.socket, peer: Any, proto: p.ServerConnection, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, peer: Any, proto: p.ServerConnection, timeval: bytes) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.proto = proto
@@ -67,9 +68,9 @@ class Connection:
         self.input_finished = False
         self._stash: Optional[p.ServerEvent] = None
         self.idle_since = 0.0
-        if timeout > 0:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+        if timeval:  # the stall timeout, packed once per worker
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
     # reading
     def next_event(self) -> p.ServerEvent:
@@ -207,6 +208,7 @@ class Worker:
         self.listeners = {sock.fileno(): sock for sock in listeners}
         self.max_requests = max_requests
         self.read_timeout = read_timeout
+        self._timeval = _timeval(read_timeout) if read_timeout > 0 else b""
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits or p.Limits()
         self.max_conns = max_conns
@@ -319,7 +321,9 @@ class Worker:
 
     def _accept(self, listener: socket.socket) -> None:
         try:
-            sock, peer = listener.accept()
+            # _accept and the C-level socket type skip socket.py's wrapper
+            # (timeout bookkeeping and io refcounts we never use): per request.
+            fd, peer = listener._accept()  # type: ignore[attr-defined]
         except BlockingIOError:
             return  # another worker took it
         except OSError as exc:
@@ -329,11 +333,12 @@ class Worker:
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                 return
             raise
+        sock = _socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
         if not self.allowed_peers.allows(peer):
             sock.close()
             return
         proto = p.ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns, limits=self.limits)
-        self._serve(Connection(sock, peer, proto, self.read_timeout))
+        self._serve(Connection(sock, peer, proto, self._timeval))  # type: ignore[arg-type]
 
     def _pause_accepting(self, reason: str) -> None:
         """Out of descriptors or memory: stop watching the listening sockets for a
