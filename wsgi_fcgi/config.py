@@ -239,6 +239,23 @@ SETTINGS: List[Setting] = [
             "Largest PARAMS stream accepted, in bytes.", metavar="BYTES", section="limits"),
     Setting("max_params_count", ("--limit-params-count",), _int_at_least(16), 1000,
             "Most parameters accepted in one request.", metavar="N", section="limits"),
+    # --- operations
+    Setting("ping_path", ("--ping-path",), _script_name, None,
+            "Answer this path with 200 and --ping-response, without calling the app (health checks).",
+            metavar="PATH", section="operations"),
+    Setting("ping_response", ("--ping-response",), str, "pong",
+            "The body of the ping page.", metavar="TEXT", section="operations"),
+    Setting("status_path", ("--status-path",), _script_name, None,
+            "Answer this path with the pool's status (text; ?json, ?openmetrics, ?full), without calling "
+            "the app. Expose it to internal addresses only.", metavar="PATH", section="operations"),
+    Setting("slow_request_timeout", ("--slow-request-timeout",), _seconds, 0.0,
+            "Log the stack of a request running longer than this, without stopping it (0 = never).",
+            metavar="S", section="operations"),
+    Setting("slow_log", ("--slow-log",), _optional_str, None,
+            "Where slow-request stacks go. Default: the error log.", metavar="FILE", section="operations"),
+    Setting("reload", ("--reload",), _bool, False,
+            "Development only: restart workers when a source file of the app changes (polled each second).",
+            section="operations", is_flag=True),
     # --- process
     Setting("pidfile", ("-p", "--pid"), _optional_str, None,
             "Write the master's process id to this file.", metavar="FILE", section="process"),

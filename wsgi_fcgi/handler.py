@@ -252,8 +252,10 @@ class RequestHandler:
     """Calls one WSGI app for each request; one instance per worker."""
 
     def __init__(self, app: WSGIApp, *, script_name: Optional[str] = None, multiprocess: bool = True,
-                 limit_request_body: int = 0, access_log: Optional[AccessLog] = None) -> None:
+                 limit_request_body: int = 0, access_log: Optional[AccessLog] = None,
+                 pages: Optional[Dict[str, Callable[[Dict[str, Any]], Any]]] = None) -> None:
         self.app = app
+        self.pages = pages or {}  # paths answered without calling the app: ping, status
         self.script_name = script_name
         self.multiprocess = multiprocess
         self.limit_request_body = limit_request_body
@@ -274,6 +276,10 @@ class RequestHandler:
                 self.access_log.log(environ, response.status, response.headers, response.sent, started)
 
     def _run(self, channel: Channel, role: int, environ: Dict[str, Any], response: Response) -> bool:
+        if self.pages:
+            page = self.pages.get(environ["SCRIPT_NAME"] + environ["PATH_INFO"]) or self.pages.get(environ["PATH_INFO"])
+            if page is not None:
+                return response.send_page(*page(environ))
         try:
             self._prepare_input(channel, role, environ)
         except ClientDisconnected as exc:
@@ -502,6 +508,12 @@ class Response:
         except ClientDisconnected:
             return False
         return True
+
+    def send_page(self, status: str, headers: List[Tuple[str, str]], body: bytes) -> bool:
+        """A page of our own (ping, status): the app is not called."""
+        self.headers, self.sent = headers, len(body)
+        head = "".join([f"Status: {status}\r\n"] + [f"{n}: {v}\r\n" for n, v in headers] + ["\r\n"])
+        return self.send_simple(head.encode("latin-1") + body)
 
     def send_end_only(self) -> bool:
         """END_REQUEST after FCGI_ABORT_REQUEST; False if that send failed."""

@@ -80,6 +80,7 @@ class WorkerProcess:
     stop_reason: str = ""  # why we told it to stop ("" = we did not)
     kill_at: float = 0.0  # SIGKILL if still alive then (0 = no deadline)
     state: Optional[SlotState] = None  # last scoreboard reading, once booted
+    slow_reported: float = 0.0  # busy_since of the request last reported as slow
 
     @property
     def idle_since(self) -> Optional[float]:
@@ -117,7 +118,9 @@ class Arbiter:
         self.pool: str = config.pool
         self.label = app_spec or _callable_name(app)
         self.workers: Dict[int, WorkerProcess] = {}
-        self.scoreboard = Scoreboard(max(MIN_SLOTS, 4 * workers))
+        self.scoreboard = Scoreboard(max(MIN_SLOTS, 4 * workers), pool=self.pool, pool_size=workers)
+        self._saturated = False  # every worker busy at the last look (for max_workers_reached)
+        self._slow_after = config.slow_request_timeout
         self._free_slots = list(range(self.scoreboard.size - 1, -1, -1))
         self._signals: List[int] = []
         self._old_handlers: Dict[int, Any] = {}
@@ -154,6 +157,7 @@ class Arbiter:
                 return code
             while True:
                 self._observe_workers()  # first: every decision below depends on who is up
+                self._update_pool_figures()
                 self._handle_signals()
                 self._reap()
                 if self._stopping and not self.workers:
@@ -291,6 +295,7 @@ class Arbiter:
             return
         error_log.info("%s: workers %d -> %d", "TTIN" if delta > 0 else "TTOU", self.target, wanted)
         self.target = wanted
+        self.scoreboard.write_pool(self.scoreboard.pool()._replace(pool_size=wanted))
 
     def _reopen_logs(self) -> None:
         """USR1: reopen log files (after logrotate moved them), here and in the workers."""
@@ -322,6 +327,11 @@ class Arbiter:
 
     def _on_exit(self, worker: WorkerProcess, code: int) -> None:
         pid, how = worker.pid, _describe_exit(code)
+        if worker.state is not None:  # its requests still count in the status page's total
+            final = self.scoreboard.slot(worker.slot).read()
+            served = final.requests if final.pid == worker.pid else worker.state.requests
+            pool = self.scoreboard.pool()
+            self.scoreboard.write_pool(pool._replace(retired_requests=pool.retired_requests + served))
         if worker.stop_reason:
             log = error_log.warning if worker.stop_reason == "timeout" else error_log.debug
             log("worker %d %s (%s)", pid, how, worker.stop_reason)
@@ -391,9 +401,31 @@ class Arbiter:
                 continue  # still booting: its Worker has not claimed the slot yet
             worker.state = state
             worker.booted = True
+            if self._slow_after and state.busy_since and now - state.busy_since > self._slow_after \
+                    and worker.slow_reported != state.busy_since:
+                worker.slow_reported = state.busy_since  # once per request
+                self._report_slow(worker)
             if self._boot_failures and now - worker.started >= BOOT_WINDOW:
                 # Up and still alive after the boot window: the crash storm is over.
                 self._boot_failures = self._boot_errors = 0
+
+    def _report_slow(self, worker: WorkerProcess) -> None:
+        """--slow-request-timeout: the worker writes its stack to the slow log (USR2); it goes on."""
+        self._signal(worker, signal.SIGUSR2)
+        pool = self.scoreboard.pool()
+        self.scoreboard.write_pool(pool._replace(slow_requests=pool.slow_requests + 1))
+
+    def _update_pool_figures(self) -> None:
+        """Running maxima for the status page, from one look at the workers."""
+        current = [w for w in self.workers.values() if w.booted and w.state is not None and not w.old]
+        active = sum(1 for w in current if w.state is not None and w.state.busy_since)
+        saturated = bool(current) and active >= self.target
+        pool = self.scoreboard.pool()
+        if active > pool.max_active_workers or (saturated and not self._saturated):
+            self.scoreboard.write_pool(pool._replace(
+                max_active_workers=max(pool.max_active_workers, active),
+                max_workers_reached=pool.max_workers_reached + (1 if saturated and not self._saturated else 0)))
+        self._saturated = saturated
 
     def _kill_overdue(self, now: float) -> None:
         """SIGKILL workers past their stop deadline; SIGABRT those busy beyond --timeout."""
@@ -559,7 +591,7 @@ class Arbiter:
                 return 0
             worker = Worker.from_config(app, self.listeners, self.config, max_requests=max_requests,
                                         max_conns=self.target, slot=self.scoreboard.slot(index),
-                                        parent_pid=self._master_pid)
+                                        parent_pid=self._master_pid, scoreboard=self.scoreboard)
             booted = True
             worker.run()
             return 0

@@ -1,11 +1,13 @@
 """Shared-memory scoreboard: how the master sees what each worker is doing.
 
-Strategy: the master maps one anonymous shared page area before forking; each
-worker owns one fixed-size slot and writes into it when a request begins and
-ends. That costs no system call per request (gunicorn touches a file, flup
-writes to a pipe), yet the master can tell an idle worker from a hung one and
-name the request a hung worker is stuck in. ``time.monotonic`` is the
-system-wide CLOCK_MONOTONIC, so timestamps compare across processes.
+Strategy: the master maps one anonymous shared area before forking: a pool
+header it alone writes (start time, pool figures) and one fixed-size slot per
+worker, which that worker alone writes when a request begins and ends. That
+costs no system call per request (gunicorn touches a file, flup writes to a
+pipe), yet the master can tell an idle worker from a hung one and name the
+request a hung worker is stuck in, and any worker can answer the status page.
+``time.monotonic`` is the system-wide CLOCK_MONOTONIC, so timestamps compare
+across processes.
 """
 
 from __future__ import annotations
@@ -13,65 +15,100 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from typing import NamedTuple
+from typing import List, NamedTuple
 
-# busy_since (0.0 = idle), idle_since, requests served, pid, request description
-_SLOT = struct.Struct("=ddQi4x224s")
+# busy_since (0.0 = idle), idle_since, last request's duration, requests served,
+# pid, current (or last) request description
+_SLOT = struct.Struct("=dddQi4x216s")
+_SLOT_END = struct.Struct("=dddQ")
 SLOT_SIZE = _SLOT.size
+
+# started (wall clock), started (monotonic), max active workers seen, times every
+# worker was busy, slow requests, requests served by workers that have exited,
+# pool size (the maximum for dynamic/ondemand), pool mode
+_HEADER = struct.Struct("=ddQQQQQ16s")
+HEADER_SIZE = 128
+assert _HEADER.size <= HEADER_SIZE
 
 
 class SlotState(NamedTuple):
     busy_since: float
     idle_since: float
+    last_duration: float
     requests: int
     pid: int
     request: str
 
 
-class Slot:
-    """One worker's slot. The worker writes; the master reads."""
+class PoolState(NamedTuple):
+    start_time: float
+    started: float
+    max_active_workers: int
+    max_workers_reached: int
+    slow_requests: int
+    retired_requests: int
+    pool_size: int
+    pool: str
 
-    __slots__ = ("_memory", "_offset", "requests", "pid")
+
+class Slot:
+    """One worker's slot. The worker writes; the master and the status page read."""
+
+    __slots__ = ("_memory", "_offset", "requests", "pid", "_began")
 
     def __init__(self, memory: mmap.mmap, offset: int) -> None:
         self._memory = memory
         self._offset = offset
         self.requests = 0
         self.pid = 0
+        self._began = 0.0
 
     def reset(self, pid: int) -> None:
         self.requests = 0
         self.pid = pid
-        _SLOT.pack_into(self._memory, self._offset, 0.0, time.monotonic(), 0, pid, b"")
+        _SLOT.pack_into(self._memory, self._offset, 0.0, time.monotonic(), 0.0, 0, pid, b"")
 
     def begin(self, method: str, uri: str) -> None:
         """A request starts: the master's timeout clock runs from now."""
         # The master reads this only when a worker hangs; the worker writes it on every request.
-        _SLOT.pack_into(self._memory, self._offset, time.monotonic(), 0.0, self.requests, self.pid,
+        self._began = now = time.monotonic()
+        _SLOT.pack_into(self._memory, self._offset, now, 0.0, 0.0, self.requests, self.pid,
                         (method + " " + uri).encode("latin-1", "replace"))
 
     def end(self) -> None:
+        """The request is done; its description stays as "the last request"."""
         self.requests += 1
-        struct.pack_into("=ddQ", self._memory, self._offset, 0.0, time.monotonic(), self.requests)
+        now = time.monotonic()
+        _SLOT_END.pack_into(self._memory, self._offset, 0.0, now, now - self._began, self.requests)
 
     def read(self) -> SlotState:
-        busy, idle, requests, pid, text = _SLOT.unpack_from(self._memory, self._offset)
-        return SlotState(busy, idle, requests, pid, text.rstrip(b"\0").decode("latin-1"))
+        busy, idle, last, requests, pid, text = _SLOT.unpack_from(self._memory, self._offset)
+        return SlotState(busy, idle, last, requests, pid, text.rstrip(b"\0").decode("latin-1"))
 
 
 class Scoreboard:
-    """``size`` slots in memory shared with every worker forked afterwards."""
+    """A pool header and ``size`` slots in memory shared with every worker forked afterwards."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, pool: str = "static", pool_size: int = 1) -> None:
         self.size = size
-        self._memory = mmap.mmap(-1, max(1, size) * SLOT_SIZE)
+        self._memory = mmap.mmap(-1, HEADER_SIZE + max(1, size) * SLOT_SIZE)
+        self.write_pool(PoolState(time.time(), time.monotonic(), 0, 0, 0, 0, pool_size, pool))
 
     def slot(self, index: int) -> Slot:
         if not 0 <= index < self.size:
             raise IndexError(index)
-        return Slot(self._memory, index * SLOT_SIZE)
+        return Slot(self._memory, HEADER_SIZE + index * SLOT_SIZE)
 
+    def slots(self) -> List[SlotState]:
+        return [self.slot(i).read() for i in range(self.size)]
 
-def private_slot() -> Slot:
-    """A slot nobody else reads (a worker running without a master)."""
-    return Scoreboard(1).slot(0)
+    def pool(self) -> PoolState:
+        values = list(_HEADER.unpack_from(self._memory, 0))
+        values[-1] = values[-1].rstrip(b"\0").decode("ascii")
+        return PoolState(*values)
+
+    def write_pool(self, state: PoolState) -> None:
+        """The master's figures (only the master writes the header)."""
+        _HEADER.pack_into(self._memory, 0, state.start_time, state.started, state.max_active_workers,
+                          state.max_workers_reached, state.slow_requests, state.retired_requests,
+                          state.pool_size, state.pool.encode("ascii"))

@@ -24,6 +24,7 @@ import signal
 import socket
 import _socket
 import struct
+import sys
 import time
 import traceback
 from types import FrameType
@@ -33,7 +34,8 @@ from . import protocol as p
 from .config import Config, parse_networks
 from .handler import ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
 from .logs import AccessLog, reopen_files
-from .scoreboard import Slot, private_slot
+from .scoreboard import Scoreboard, Slot
+from .status import ping_page, status_page
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
@@ -200,9 +202,12 @@ class Worker:
                  limits: Optional[p.Limits] = None, max_conns: int = 1, slot: Optional[Slot] = None,
                  parent_pid: Optional[int] = None, multiprocess: bool = True,
                  limit_request_body: int = 0, max_idle_connections: int = 32,
-                 allowed_peers: Sequence[Any] = (), access_log: Optional[AccessLog] = None) -> None:
+                 allowed_peers: Sequence[Any] = (), access_log: Optional[AccessLog] = None,
+                 pages: Optional[Dict[str, Any]] = None, slow_log_fd: int = 2, reload: bool = False) -> None:
         self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess,
-                                      limit_request_body=limit_request_body, access_log=access_log)
+                                      limit_request_body=limit_request_body, access_log=access_log, pages=pages)
+        self.slow_log_fd = slow_log_fd
+        self.source_watch = SourceWatch() if reload else None
         self.max_idle_connections = max_idle_connections
         self.allowed_peers = PeerFilter(allowed_peers)
         self.listeners = {sock.fileno(): sock for sock in listeners}
@@ -212,7 +217,7 @@ class Worker:
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits or p.Limits()
         self.max_conns = max_conns
-        self.slot = slot or private_slot()
+        self.slot = slot or Scoreboard(1).slot(0)
         self.parent_pid = parent_pid
         self.alive = True
         self.reopen_logs = False
@@ -225,8 +230,17 @@ class Worker:
 
     @classmethod
     def from_config(cls, app: WSGIApp, listeners: List[socket.socket], config: Config, *, max_requests: int,
-                    max_conns: int, slot: Optional[Slot] = None, parent_pid: Optional[int] = None) -> "Worker":
+                    max_conns: int, slot: Optional[Slot] = None, parent_pid: Optional[int] = None,
+                    scoreboard: Optional[Scoreboard] = None) -> "Worker":
         """The one place where settings become worker options (master and single-process mode)."""
+        if scoreboard is None:  # no master: a scoreboard of our own, for the status page
+            scoreboard = Scoreboard(1, pool_size=1)
+            slot = scoreboard.slot(0)
+        pages: Dict[str, Any] = {}
+        if config.ping_path:
+            pages[config.ping_path] = ping_page(config.ping_response)
+        if config.status_path:
+            pages[config.status_path] = status_page(scoreboard, listeners)
         return cls(app, listeners, script_name=config.script_name, max_requests=max_requests,
                    read_timeout=config.read_timeout, keepalive_timeout=config.keepalive_timeout,
                    limits=p.Limits(max_params_bytes=config.max_params_bytes,
@@ -235,7 +249,8 @@ class Worker:
                    limit_request_body=config.limit_request_body,
                    max_idle_connections=config.max_idle_connections,
                    allowed_peers=allowed_networks(config),
-                   access_log=AccessLog(config.access_logformat))
+                   access_log=AccessLog(config.access_logformat), pages=pages,
+                   slow_log_fd=open_slow_log(config), reload=config.reload)
 
     # --- signals
     def _install_signals(self) -> None:
@@ -245,6 +260,7 @@ class Worker:
         signal.signal(signal.SIGINT, self._stop_now)
         signal.signal(signal.SIGQUIT, self._stop_now)
         signal.signal(signal.SIGABRT, self._timed_out)
+        signal.signal(signal.SIGUSR2, self._log_slow_request)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, self._ask_reopen_logs)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -257,6 +273,21 @@ class Worker:
 
     def _stop_now(self, signum: int, frame: Optional[FrameType]) -> None:
         raise SystemExit(0)
+
+    def _log_slow_request(self, signum: int, frame: Optional[FrameType]) -> None:
+        """USR2 from the master: this request is slow. Its stack goes to the slow log with
+        one os.write (no logging lock taken inside a signal handler); the request goes on."""
+        state = self.slot.read()
+        if not state.busy_since:
+            return
+        stack = "".join(traceback.format_stack(frame)) if frame else ""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        text = (f"{stamp} [{os.getpid()}] [SLOW] {state.request} running for "
+                f"{time.monotonic() - state.busy_since:.1f}s:\n{stack}\n")
+        try:
+            os.write(self.slow_log_fd, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
 
     def _timed_out(self, signum: int, frame: Optional[FrameType]) -> None:
         state = self.slot.read()
@@ -298,6 +329,10 @@ class Worker:
                 if self.reopen_logs:
                     self.reopen_logs = False
                     reopen_files()
+                if self.source_watch is not None and self.source_watch.changed():
+                    error_log.info("worker %d: %s changed, restarting (--reload)", os.getpid(),
+                                   self.source_watch.changed_file)
+                    self.alive = False
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     error_log.warning("worker %d: master %d has gone, exiting", os.getpid(), self.parent_pid)
                     self.alive = False
@@ -308,6 +343,8 @@ class Worker:
             epoll.close()
 
     def _poll_timeout(self) -> float:
+        if self.source_watch is not None:
+            return 1.0
         if self._accept_paused_until:
             return max(0.0, min(1.0, self._accept_paused_until - time.monotonic()))
         return 1.0 if self.parent_pid is not None or self.idle else -1
@@ -463,6 +500,49 @@ class Worker:
         finally:
             self.requests += 1
             slot.end()
+
+
+def open_slow_log(config: Config) -> int:
+    """The descriptor slow-request stacks are written to: --slow-log, else the
+    error log's file, else stderr."""
+    path = config.slow_log or (config.error_logfile if config.error_logfile not in (None, "-") else None)
+    if path is None:
+        return 2
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        error_log.error("cannot open the slow log %s: %s; using stderr", path, exc.strerror)
+        return 2
+
+
+class SourceWatch:
+    """--reload: has a source file of a loaded module changed since we started?
+    Standard-library polling; the standard library itself is not watched."""
+
+    def __init__(self) -> None:
+        import sysconfig
+
+        skip = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")})
+        self.changed_file = ""
+        self._mtimes: Dict[str, float] = {}
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if path and path.endswith(".py") and not path.startswith(skip):
+                try:
+                    self._mtimes[path] = os.stat(path).st_mtime
+                except OSError:
+                    pass
+
+    def changed(self) -> bool:
+        for path, mtime in self._mtimes.items():
+            try:
+                if os.stat(path).st_mtime != mtime:
+                    self.changed_file = path
+                    return True
+            except OSError:
+                self.changed_file = path
+                return True
+        return False
 
 
 def allowed_networks(config: Config) -> List[Any]:

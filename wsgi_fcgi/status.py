@@ -1,0 +1,152 @@
+"""The status and ping pages (PHP-FPM's ``pm.status_path`` and ``ping.path``).
+
+Strategy: whichever worker gets the request answers it from the shared
+scoreboard, without calling the app: the pool header the master keeps, and
+every worker's slot. Per-worker CPU and memory come from /proc at the moment
+the page is asked for, so nothing is collected per request. Text by default,
+``?json`` and ``?openmetrics`` (Prometheus); ``?full`` adds one entry per
+worker. Both pages are off unless their path is configured, and belong
+behind an internal-only location in the web server (the docs show how).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .scoreboard import Scoreboard, SlotState
+
+# A page: (status line, headers, body)
+Page = Tuple[str, List[Tuple[str, str]], bytes]
+PageFunction = Callable[[Dict[str, Any]], Page]
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def ping_page(response: str) -> PageFunction:
+    body = response.encode("utf-8")
+
+    def page(environ: Dict[str, Any]) -> Page:
+        return "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                          ("Cache-Control", "no-store")], body
+    return page
+
+
+def status_page(scoreboard: Scoreboard, listeners: Sequence[socket.socket]) -> PageFunction:
+    def page(environ: Dict[str, Any]) -> Page:
+        query = environ.get("QUERY_STRING", "")
+        flags = set(part.split("=", 1)[0] for part in query.split("&") if part)
+        report = collect(scoreboard, listeners, full="full" in flags)
+        if "json" in flags:
+            body, kind = json.dumps(report, indent=1).encode(), "application/json"
+        elif "openmetrics" in flags:
+            body, kind = openmetrics(report).encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        else:
+            body, kind = text(report).encode(), "text/plain; charset=utf-8"
+        return "200 OK", [("Content-Type", kind), ("Content-Length", str(len(body))),
+                          ("Cache-Control", "no-store")], body
+    return page
+
+
+def collect(scoreboard: Scoreboard, listeners: Sequence[socket.socket], *, full: bool) -> Dict[str, Any]:
+    pool = scoreboard.pool()
+    now = time.monotonic()
+    workers = [slot for slot in scoreboard.slots() if slot.pid and _alive(slot.pid)]
+    active = sum(1 for slot in workers if slot.busy_since)
+    queue = listen_queue(listeners)
+    report: Dict[str, Any] = {
+        "pool": pool.pool,
+        "start_time": int(pool.start_time),
+        "start_since": int(now - pool.started),
+        "accepted_requests": pool.retired_requests + sum(slot.requests for slot in workers),
+        "listen_queue": queue[0] if queue else None,
+        "listen_queue_max": queue[1] if queue else None,
+        "active_workers": active,
+        "idle_workers": len(workers) - active,
+        "total_workers": len(workers),
+        "max_workers": pool.pool_size,
+        "max_active_workers": max(pool.max_active_workers, active),
+        "max_workers_reached": pool.max_workers_reached,
+        "slow_requests": pool.slow_requests,
+    }
+    if full:
+        report["workers"] = [_worker(slot, now) for slot in workers]
+    return report
+
+
+def _worker(slot: SlotState, now: float) -> Dict[str, Any]:
+    busy = bool(slot.busy_since)
+    duration = (now - slot.busy_since) if busy else slot.last_duration
+    method, _, uri = slot.request.partition(" ")
+    cpu, rss = _process_usage(slot.pid)
+    return {"pid": slot.pid, "state": "busy" if busy else "idle", "requests": slot.requests,
+            "request_method": method or None, "request_uri": uri or None,
+            "request_duration_ms": round(duration * 1000, 3), "cpu_seconds": cpu, "memory_rss_bytes": rss}
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _process_usage(pid: int) -> Tuple[Optional[float], Optional[int]]:
+    """CPU seconds (user + system) and resident memory of ``pid``, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            resident = int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None, None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS, resident * _PAGE_SIZE
+
+
+_TCP_INFO = struct.Struct("=8B6I")  # ... tcpi_unacked, tcpi_sacked: for a listener, its queue and backlog
+
+
+def listen_queue(listeners: Sequence[socket.socket]) -> Optional[Tuple[int, int]]:
+    """(connections waiting, backlog) summed over TCP listeners; None where the
+    platform does not tell (unix sockets)."""
+    waiting = backlog = 0
+    found = False
+    for sock in listeners:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+        except (OSError, AttributeError):
+            continue
+        fields = _TCP_INFO.unpack(info)
+        waiting, backlog, found = waiting + fields[12], backlog + fields[13], True
+    return (waiting, backlog) if found else None
+
+
+def text(report: Dict[str, Any]) -> str:
+    lines = [f"{key.replace('_', ' ')}: {'-' if value is None else value}"
+             for key, value in report.items() if key != "workers"]
+    for worker in report.get("workers", []):
+        lines.append("")
+        lines += [f"{key.replace('_', ' ')}: {'-' if value is None else value}" for key, value in worker.items()]
+    return "\n".join(lines) + "\n"
+
+
+def openmetrics(report: Dict[str, Any]) -> str:
+    gauges = ("listen_queue", "active_workers", "idle_workers", "total_workers", "max_workers",
+              "max_active_workers")
+    counters = ("accepted_requests", "max_workers_reached", "slow_requests")
+    lines: List[str] = []
+    for name in gauges:
+        if report.get(name) is not None:
+            lines += [f"# TYPE wsgi_fcgi_{name} gauge", f"wsgi_fcgi_{name} {report[name]}"]
+    for name in counters:
+        lines += [f"# TYPE wsgi_fcgi_{name} counter", f"wsgi_fcgi_{name}_total {report[name]}"]
+    lines += ["# TYPE wsgi_fcgi_start_time gauge", f"wsgi_fcgi_start_time {report['start_time']}"]
+    for worker in report.get("workers", []):
+        labels = f'{{pid="{worker["pid"]}",state="{worker["state"]}"}}'
+        lines.append(f"wsgi_fcgi_worker_requests{labels} {worker['requests']}")
+    lines.append("# EOF")
+    return "\n".join(lines) + "\n"
