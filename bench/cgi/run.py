@@ -33,8 +33,8 @@ Interpreter teardown after atexit is not counted: the CGI figures are a
 lower bound.
 
 Shared machine: before every run the 1-minute load average must be below
---max-load (polled every 30 s for up to --max-wait s); a run that starts
-above it anyway is marked in the table.
+--max-load, polled every 30 s; waits add up to --max-wait seconds at most,
+after which runs start anyway and are marked with "!" in the table.
 """
 
 from __future__ import annotations
@@ -151,14 +151,13 @@ def load1() -> float:
         return float(f.read().split()[0])
 
 
-def wait_for_quiet(max_load: float, max_wait: float) -> float:
+def wait_for_quiet(max_load: float, deadline: float) -> float:
     """The 1-minute load once it is below ``max_load`` (polled every 30 s), or
-    whatever it is after ``max_wait`` seconds."""
-    deadline = time.monotonic() + max_wait
+    whatever it is at ``deadline`` (time.monotonic())."""
     load = load1()
     while load >= max_load and time.monotonic() < deadline:
         print(f"  load {load:.2f} >= {max_load}: waiting 30 s", flush=True)
-        time.sleep(30)
+        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
         load = load1()
     return load
 
@@ -295,7 +294,7 @@ class Setup:
 
 
 def one_run(name: str, rnd: int, venv: Path, cpu_log: Path, args: argparse.Namespace) -> Run:
-    load = wait_for_quiet(args.max_load, args.max_wait)
+    load = wait_for_quiet(args.max_load, args.wait_until)
     base = shared_temp_dir(f"wfcgi-bench-{name}-")
     try:
         with ExitStack() as stack:
@@ -358,7 +357,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk -t")
     parser.add_argument("--connections", type=int, default=4, help="wrk -c")
     parser.add_argument("--max-load", type=float, default=0.8)
-    parser.add_argument("--max-wait", type=float, default=600.0)
+    parser.add_argument("--max-wait", type=float, default=600.0,
+                        help="seconds, in all, to wait for the load to drop; then runs start anyway (marked !)")
     args = parser.parse_args()
     unknown = set(args.setups) - set(SETUPS)
     if unknown:
@@ -366,6 +366,7 @@ def main() -> int:
     if os.geteuid() != 0:
         parser.error("run as root: Apache and nginx are started with configs in temp dirs, the app as www-data")
 
+    args.wait_until = time.monotonic() + args.max_wait
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = BENCH_DIR / "results" / stamp
     venv_base = shared_temp_dir("wfcgi-bench-venv-")
