@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import random
@@ -43,8 +44,8 @@ from .sockets import Address, cleanup
 from .worker import Worker
 
 _setproctitle: Optional[Callable[[str], None]]
-try:  # optional: nicer `ps` output
-    from setproctitle import setproctitle as _setproctitle
+try:  # optional, and untyped: nicer `ps` output
+    _setproctitle = importlib.import_module("setproctitle").setproctitle
 except ImportError:  # pragma: no cover - depends on what is installed
     _setproctitle = None
 
