@@ -5,6 +5,8 @@ front of it, and a small streaming HTTP client.
 - ``support.webservers``: ``WebServer`` base, ``Nginx``; ``require_executable``.
 - ``support.httpclient``: ``HTTPClient`` over ``http.client``, deterministic
   payloads and their sha256.
+- ``support.load``: bounded load runs (wrk), nginx/Apache set up for kept-alive
+  connections under load, the shared machine's load, connections per worker.
 
 Fixtures that wrap these live in ``tests/conftest.py``.
 """
