@@ -73,32 +73,41 @@ def one_request(sock_path: str, request: bytes, timeout: float = 30.0) -> Tuple[
 
 
 def _read_response(sock: socket.socket) -> Tuple[bool, int, bytes]:
-    buf = bytearray()
-    pos = 0
+    """Walk the record headers in place (recv_into one buffer, content skipped,
+    never copied) until END_REQUEST: the client must cost little next to a
+    1 MiB response."""
+    view = memoryview(bytearray(RECV))
+    recv_into = sock.recv_into
+    unpack = HEADER.unpack_from
+    header = bytearray()
+    skip = 0
     stdout = 0
     head = b""
-    recv = sock.recv
-    unpack = HEADER.unpack_from
     while True:
-        data = recv(RECV)
-        if not data:
+        n = recv_into(view)
+        if not n:
             raise ConnectionError("connection closed before END_REQUEST")
-        buf += data
-        while len(buf) - pos >= 8:
-            _, rtype, _, length, padding = unpack(buf, pos)
-            end = pos + 8 + length + padding
-            if end > len(buf):
+        pos = 0
+        while pos < n:
+            if skip:
+                step = min(skip, n - pos)
+                skip -= step
+                pos += step
+                continue
+            need = 8 - len(header)
+            header += view[pos:pos + need]
+            pos += min(need, n - pos)
+            if len(header) < 8:
                 break
+            _, rtype, _, length, padding = unpack(header)
+            header = bytearray()
             if rtype == 6:
-                if not head:
-                    head = bytes(buf[pos + 8:pos + 8 + min(length, 256)])
+                if not head and length:
+                    head = bytes(view[pos:min(pos + length, pos + 256, n)])
                 stdout += length
             elif rtype == 3:
                 return head.startswith(b"Status: 200") or b"\nStatus: 200" in head, stdout, head
-            pos = end
-        if pos > 1 << 20:
-            del buf[:pos]
-            pos = 0
+            skip = length + padding
 
 
 def _loop(sock_path: str, request: bytes, deadline: float, out: "multiprocessing.Queue[Dict[str, float]]") -> None:

@@ -98,7 +98,7 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in [
     Workload("flask", "/", app="flaskapp:app", check=_check_hello),
 ]}
 
-DEFAULT_CELLS = "hello:16,hello:64,json_1k:16,big_1m:16,post_1m:16,flask:16"
+DEFAULT_CELLS = "hello:16,hello:64,json_1k:16,big_1m:16,post_1m:16,flask:16,flask:64"
 
 # ---------------------------------------------------------------------------
 # process bookkeeping: /proc, trees, CPU, memory
@@ -123,6 +123,7 @@ class ProcStat:
     comm: str
     own: int      # utime + stime, ticks
     reaped: int   # cutime + cstime: children it has waited for
+    sys: int = 0  # stime + cstime
 
 
 def read_stat(pid: int) -> Optional[ProcStat]:
@@ -135,7 +136,7 @@ def read_stat(pid: int) -> Optional[ProcStat]:
     rest = raw[rpar + 2:].split()
     # rest[0] = state (field 3); utime is field 14 -> rest[11]
     return ProcStat(pid, int(rest[1]), int(rest[2]), rest[0], raw[lpar + 1:rpar],
-                    int(rest[11]) + int(rest[12]), int(rest[13]) + int(rest[14]))
+                    int(rest[11]) + int(rest[12]), int(rest[13]) + int(rest[14]), int(rest[12]) + int(rest[14]))
 
 
 def proc_table() -> Dict[int, ProcStat]:
@@ -163,6 +164,15 @@ def tree(roots: Iterable[int], table: Optional[Dict[int, ProcStat]] = None) -> L
         out.append(pid)
         todo.extend(children.get(pid, ()))
     return out
+
+
+def cpu_split(roots: Iterable[int], master: Optional[int]) -> Dict[str, int]:
+    """Ticks of the tree split three ways: kernel time, and the master's own share."""
+    table = proc_table()
+    pids = tree(roots, table)
+    return {"total": sum(table[p].own + table[p].reaped for p in pids),
+            "sys": sum(table[p].sys for p in pids),
+            "master_own": table[master].own if master in table else 0}
 
 
 def cpu_ticks(roots: Iterable[int]) -> Tuple[int, int]:
@@ -301,9 +311,25 @@ def _pgid(pid: int) -> Optional[int]:
 # backends
 
 
+SNAPSHOT: Optional[Path] = None  # a copy of wsgi_fcgi/ taken at start, so commits made meanwhile change nothing
+
+
+def snapshot_source(results: Path) -> str:
+    """Copy wsgi_fcgi/ into the results directory and run every backend from
+    that copy: other people commit to the tree while a 20-minute matrix runs."""
+    global SNAPSHOT
+    SNAPSHOT = results / "src"
+    shutil.copytree(REPO / "wsgi_fcgi", SNAPSHOT / "wsgi_fcgi", ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(SNAPSHOT))
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "wsgi_fcgi"],
+                           capture_output=True, text=True).stdout.strip()
+    changes = " + uncommitted changes in wsgi_fcgi/" if dirty else ""
+    return f"wsgi_fcgi: last commit to wsgi_fcgi/ {git_rev()}{changes}, run from the copy in {SNAPSHOT}"
+
+
 def bench_env() -> Dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(REPO)])
+    env["PYTHONPATH"] = os.pathsep.join(([str(SNAPSHOT)] if SNAPSHOT else []) + [str(BENCH), str(REPO)])
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
@@ -329,8 +355,9 @@ class Backend:
 
 
 def _wsgi_fcgi(sock: str, app: str, workers: int) -> List[str]:
+    # --allow-root: the bench runs as root like the other backends (nginx's `user root`)
     return [PYTHON, "-m", "wsgi_fcgi", "--bind", f"unix:{sock}", "--workers", str(workers),
-            "--log-level", "warning", app]
+            "--log-level", "warning", "--allow-root", app]
 
 
 def _flup(sock: str, app: str, workers: int) -> List[str]:
@@ -577,9 +604,12 @@ def one_run(backend: Backend, workload: Workload, conns: int, rep: int, opts: Op
             rec["error"] = f"warm-up: {error}"
             rec["alive"] = health(nginx.port, workload)
             return rec
+        master = proc.popen.pid if backend.has_master else None
+        s0 = cpu_split(proc.roots, master)
         b0, n0 = cpu_ticks(proc.roots)[0], cpu_ticks(nginx.proc.roots)[0]
         wrk = run_wrk(nginx.port, workload, conns, opts.duration)
         b1, nprocs = cpu_ticks(proc.roots)
+        s1 = cpu_split(proc.roots, master)
         n1 = cpu_ticks(nginx.proc.roots)[0]
         requests = max(wrk["requests"], 1)
         seconds = wrk["duration_us"] / 1e6
@@ -591,6 +621,8 @@ def one_run(backend: Backend, workload: Workload, conns: int, rep: int, opts: Op
             "sock_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
             "wrk_errors": errors,
             "backend_cpu_us": (b1 - b0) / CLK_TCK / requests * 1e6,
+            "backend_sys_us": (s1["sys"] - s0["sys"]) / CLK_TCK / requests * 1e6,
+            "master_cpu_us": (s1["master_own"] - s0["master_own"]) / CLK_TCK / requests * 1e6,
             "nginx_cpu_us": (n1 - n0) / CLK_TCK / requests * 1e6,
             "wrk_cpu_us": wrk["cpu_s"] / requests * 1e6,
             "backend_procs": nprocs,
@@ -631,9 +663,16 @@ def median(values: List[float]) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
+def _cpu_cell(ok: List[Dict[str, Any]]) -> str:
+    """'78 (sys 30)': median backend CPU per request and its kernel part."""
+    total = median([r["backend_cpu_us"] for r in ok])
+    sys_part = median([r["backend_sys_us"] for r in ok if "backend_sys_us" in r])
+    return fmt(total, 0) + (f" (sys {sys_part:.0f})" if sys_part is not None and total is not None else "")
+
+
 def summarise(records: List[Dict[str, Any]], cells: List[Tuple[str, int]], backends: List[str]) -> str:
     lines = ["| workload | backend | req/s | min–max | p50 ms | p99 ms | non-2xx | sock err | "
-             "backend CPU µs/req | nginx CPU µs/req | wrk CPU µs/req | vs flup (per-rep range) | "
+             "backend CPU µs/req (kernel part) | nginx CPU µs/req | wrk CPU µs/req | vs flup (per-rep range) | "
              "vs libfcgi-c | alive after run |",
              "|" + "---|" * 14]
     for wname, conns in cells:
@@ -679,7 +718,7 @@ def summarise(records: List[Dict[str, Any]], cells: List[Tuple[str, int]], backe
                 f"{fmt_int(min(r['rps'] for r in ok))}–{fmt_int(max(r['rps'] for r in ok))}" if ok else "–",
                 fmt(median([r["p50_ms"] for r in ok])), fmt(median([r["p99_ms"] for r in ok])),
                 str(sum(r["non2xx"] for r in ok)), str(sum(r["sock_errors"] for r in ok)),
-                fmt(median([r["backend_cpu_us"] for r in ok]), 0), fmt(median([r["nginx_cpu_us"] for r in ok]), 0),
+                _cpu_cell(ok), fmt(median([r["nginx_cpu_us"] for r in ok]), 0),
                 fmt(median([r["wrk_cpu_us"] for r in ok]), 0), ratios[0], ratios[1], alive_text]) + " |")
             first = False
     return "\n".join(lines)
@@ -729,18 +768,20 @@ def machine_info() -> str:
     for argv in (["nginx", "-v"], ["wrk", "-v"], [str(VENV_BIN / "uwsgi"), "--version"]):
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            versions.append((r.stdout + r.stderr).strip().splitlines()[0])
+            text = (r.stdout + r.stderr).strip().splitlines()[0]
+            versions.append(f"uWSGI {text}" if "uwsgi" in argv[0] else text)
         except (OSError, IndexError, subprocess.TimeoutExpired):
             pass
     pyver = subprocess.run([PYTHON, "-c", "import sys, flup, gunicorn, flask; "
                             "print('Python', sys.version.split()[0], '| gunicorn', gunicorn.__version__, "
                             "'| flask', flask.__version__)"], capture_output=True, text=True).stdout.strip()
     return "\n".join([f"nproc: {os.cpu_count()}", *keep, f"loadavg: {Path('/proc/loadavg').read_text().strip()}",
-                      *versions, pyver, f"wsgi_fcgi commit: {git_rev()}"])
+                      *versions, pyver])
 
 
 def git_rev() -> str:
-    r = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    r = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s", "--", "wsgi_fcgi"],
+                       capture_output=True, text=True)
     return r.stdout.strip()
 
 
@@ -799,7 +840,7 @@ def mode_matrix(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
 
 
 def mode_direct(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
-    sys.path[:0] = [str(BENCH), str(REPO)]
+    sys.path[1:1] = [str(BENCH), str(REPO)]  # after the snapshot
     import fcgiload
 
     workloads = [w for w in args.direct_workloads.split(",")]
@@ -1213,7 +1254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode.add_argument("--memory", action="store_true", help="RSS during a 1 GiB download and a 1 GiB upload")
     mode.add_argument("--diag", choices=("trace", "profile"), help="strace -c per workload / py-spy profile")
     ap.add_argument("--direct-procs", type=int, default=2, help="load generator processes (default 2)")
-    ap.add_argument("--direct-workloads", default="hello,json_1k,big_1m,post_1m")
+    ap.add_argument("--direct-workloads", default="hello,json_1k,big_1m,post_1m,flask")
     ap.add_argument("--diag-workloads", default=None,
                     help="default: hello,json_1k,big_1m,post_1m,flask (trace), hello,big_1m (profile)")
     ap.add_argument("--trace-requests", type=int, default=200)
@@ -1240,6 +1281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    args.big_buffers)
 
     set_child_subreaper()
+    source = snapshot_source(results)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -1248,7 +1290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     load_note = wait_for_load(args.wait_load, args.wait_max) if args.wait_load else ""
     load_start = Path("/proc/loadavg").read_text().strip()
     command = " ".join(["bench/.venv/bin/python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
-    info = machine_info()
+    info = machine_info() + "\n" + source
     started = time.monotonic()
     try:
         if args.direct:
