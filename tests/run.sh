@@ -33,6 +33,7 @@ lighttpd-mod-openssl:/usr/lib/lighttpd/mod_openssl.so
 openssl:/usr/bin/openssl
 python3:/usr/bin/python3
 curl:/usr/bin/curl
+wrk:/usr/bin/wrk
 libfcgi-bin:/usr/bin/cgi-fcgi
 "
 

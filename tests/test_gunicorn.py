@@ -291,7 +291,7 @@ def test_keep_conn_connection_serves_many_requests(gunicorn: Any) -> None:
     size, digest = sha256_of([b"abc" * 30_000])
     assert post.body.decode() == f"{size} {digest} {size}"
     values = Client(server.address, timeout=10).get_values()
-    assert values == {"FCGI_MAX_CONNS": "2", "FCGI_MAX_REQS": "2", "FCGI_MPXS_CONNS": "0"}
+    assert values == {"FCGI_MAX_CONNS": "66", "FCGI_MAX_REQS": "2", "FCGI_MPXS_CONNS": "0"}
 
 
 @needs_gunicorn

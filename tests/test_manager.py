@@ -224,7 +224,7 @@ def test_static_pool_has_the_requested_worker_count(server):
     srv = server("--workers", "3")
     pids = wait_workers(srv, 3)
     assert body(srv).startswith("hello from ")
-    assert Client(srv.address, timeout=10).get_values()["FCGI_MAX_CONNS"] == "3"
+    assert Client(srv.address, timeout=10).get_values()["FCGI_MAX_REQS"] == "3"
     if uses_setproctitle():
         assert cmdline(srv.pid) == f"wsgi_fcgi: master [{APP}]"
         assert all(cmdline(pid) == f"wsgi_fcgi: worker [{APP}]" for pid in pids)
@@ -488,7 +488,7 @@ def test_dynamic_pool_grows_under_load_and_shrinks_when_idle(server):
     assert len(children(srv.pid)) <= 4
     assert _join(threads) == [200, 200, 200]
     wait_workers(srv, 1, timeout=20, what="the pool to shrink back to one idle worker")
-    assert Client(srv.address, timeout=10).get_values()["FCGI_MAX_CONNS"] == "4"
+    assert Client(srv.address, timeout=10).get_values()["FCGI_MAX_REQS"] == "4"
     assert_no_zombies(srv)
 
 
@@ -502,7 +502,7 @@ def test_ondemand_pool_starts_at_zero_and_returns_to_zero(server):
     assert _join(threads) == [200, 200, 200]
     assert len(children(srv.pid)) <= 3
     wait_workers(srv, 0, timeout=20, what="idle workers to stop")
-    assert Client(srv.address, timeout=10).get_values()["FCGI_MAX_CONNS"] == "3"
+    assert Client(srv.address, timeout=10).get_values()["FCGI_MAX_REQS"] == "3"
     wait_workers(srv, 0, timeout=20, what="idle workers to stop again")
     assert_no_zombies(srv)
 

@@ -79,9 +79,11 @@ def test_script_name_override(server: Any) -> None:
 
 
 def test_get_values_reports_the_real_pool_size(server: Any) -> None:
-    srv = server("--workers", "3")
+    # Requests at once: one per worker. Connections held: per worker, the one it
+    # serves and up to --max-idle-connections kept-alive ones.
+    srv = server("--workers", "3", "--max-idle-connections", "4")
     values = Client(srv.address, timeout=10).get_values()
-    assert values == {"FCGI_MAX_CONNS": "3", "FCGI_MAX_REQS": "3", "FCGI_MPXS_CONNS": "0"}
+    assert values == {"FCGI_MAX_CONNS": "15", "FCGI_MAX_REQS": "3", "FCGI_MPXS_CONNS": "0"}
 
 
 def test_keep_conn_serves_several_requests_on_one_connection(server: Any) -> None:

@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from types import FrameType
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import protocol as p
 from .config import Config, parse_networks
@@ -44,6 +44,8 @@ MAX_IOV = 512  # buffers per sendmsg call, well under IOV_MAX (1024)
 LINGER_SECONDS = 2.0
 REFUSAL_LOG_INTERVAL = 60.0  # log a refused peer address at most once a minute
 ACCEPT_PAUSE = 0.5  # seconds without accepting after EMFILE and friends
+QUIET_BEFORE_CLOSE = 0.2  # a kept connection unused this long is not about to be reused
+DRAIN_SECONDS = 3.0  # most a leaving worker spends serving its kept connections
 ACCEPT_ERROR_LOG_INTERVAL = 10.0
 
 
@@ -199,7 +201,7 @@ class Worker:
 
     def __init__(self, app: WSGIApp, listeners: List[socket.socket], *, script_name: Optional[str] = None,
                  max_requests: int = 0, read_timeout: float = 30.0, keepalive_timeout: float = 60.0,
-                 limits: Optional[p.Limits] = None, max_conns: int = 1, slot: Optional[Slot] = None,
+                 limits: Optional[p.Limits] = None, pool_size: int = 1, slot: Optional[Slot] = None,
                  parent_pid: Optional[int] = None, multiprocess: bool = True,
                  limit_request_body: int = 0, max_idle_connections: int = 32,
                  allowed_peers: Sequence[Any] = (), access_log: Optional[AccessLog] = None,
@@ -216,10 +218,15 @@ class Worker:
         self._timeval = _timeval(read_timeout) if read_timeout > 0 else b""
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits or p.Limits()
-        self.max_conns = max_conns
+        # FCGI_GET_VALUES: requests the pool serves at once, and connections it holds open
+        # (each worker: the one it serves plus its idle kept-alive connections).
+        self.max_reqs = pool_size
+        self.max_conns = pool_size * (1 + max_idle_connections)
         self.slot = slot or Scoreboard(1).slot(0)
         self.parent_pid = parent_pid
         self.alive = True
+        self.draining = False
+        self._next_idle_check = 0.0
         self.reopen_logs = False
         self.requests = 0
         self.idle: Dict[int, Connection] = {}
@@ -230,7 +237,7 @@ class Worker:
 
     @classmethod
     def from_config(cls, app: WSGIApp, listeners: List[socket.socket], config: Config, *, max_requests: int,
-                    max_conns: int, slot: Optional[Slot] = None, parent_pid: Optional[int] = None,
+                    pool_size: int, slot: Optional[Slot] = None, parent_pid: Optional[int] = None,
                     scoreboard: Optional[Scoreboard] = None) -> "Worker":
         """The one place where settings become worker options (master and single-process mode)."""
         if scoreboard is None:  # no master: a scoreboard of our own, for the status page
@@ -245,7 +252,7 @@ class Worker:
                    read_timeout=config.read_timeout, keepalive_timeout=config.keepalive_timeout,
                    limits=p.Limits(max_params_bytes=config.max_params_bytes,
                                    max_params_count=config.max_params_count),
-                   max_conns=max_conns, slot=slot, parent_pid=parent_pid,
+                   pool_size=pool_size, slot=slot, parent_pid=parent_pid,
                    limit_request_body=config.limit_request_body,
                    max_idle_connections=config.max_idle_connections,
                    allowed_peers=allowed_networks(config),
@@ -336,10 +343,14 @@ class Worker:
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     error_log.warning("worker %d: master %d has gone, exiting", os.getpid(), self.parent_pid)
                     self.alive = False
-        finally:
+        except BaseException:  # a quick stop (INT/QUIT) or a crash: no more requests
             for conn in list(self.idle.values()):
                 conn.close()
             self.idle.clear()
+            raise
+        else:
+            self._drain_then_close_idle()
+        finally:
             epoll.close()
 
     def _poll_timeout(self) -> float:
@@ -374,7 +385,7 @@ class Worker:
         if not self.allowed_peers.allows(peer):
             sock.close()
             return
-        proto = p.ServerConnection(max_conns=self.max_conns, max_reqs=self.max_conns, limits=self.limits)
+        proto = p.ServerConnection(max_conns=self.max_conns, max_reqs=self.max_reqs, limits=self.limits)
         self._serve(Connection(sock, peer, proto, self._timeval))  # type: ignore[arg-type]
 
     def _pause_accepting(self, reason: str) -> None:
@@ -405,17 +416,56 @@ class Worker:
         self._serve(conn)
 
     def _park(self, conn: Connection) -> None:
-        """Keep an idle FCGI_KEEP_CONN connection; the oldest goes if there are too many."""
+        """Keep an idle FCGI_KEEP_CONN connection. Beyond the cap, close one that has
+        been quiet for a while -- never one the web server has just used (it reuses the
+        most recent first, so that is where its next request goes) or one on which a
+        request is already waiting. If none qualifies, the cap waits."""
         if self.max_idle_connections == 0:
             conn.close()
             return
         if len(self.idle) >= self.max_idle_connections:
-            oldest = min(self.idle.values(), key=lambda c: c.idle_since)
-            self._forget(oldest)
+            self._close_quiet(limit=len(self.idle) - self.max_idle_connections + 1)
+        first_time = conn.idle_since == 0.0
         conn.idle_since = time.monotonic()
         self.idle[conn.fd] = conn
         assert self._epoll is not None
         self._epoll.register(conn.fd, select.EPOLLIN | select.EPOLLRDHUP)
+        if first_time and not self.draining:
+            self._requeue_listeners()
+
+    def _close_quiet(self, limit: int, quiet_for: float = QUIET_BEFORE_CLOSE) -> int:
+        """Close up to ``limit`` idle connections, longest idle first, that have been
+        quiet for ``quiet_for`` seconds and have no request waiting. Returns how many."""
+        cutoff = time.monotonic() - quiet_for
+        candidates = sorted((c for c in self.idle.values() if c.idle_since <= cutoff), key=lambda c: c.idle_since)
+        if not candidates:
+            return 0
+        waiting = self._readable_idle()
+        closed = 0
+        for conn in candidates:
+            if closed >= limit:
+                break
+            if conn.fd not in waiting:
+                self._forget(conn)
+                closed += 1
+        return closed
+
+    def _requeue_listeners(self) -> None:
+        """Go to the back of the kernel's queue of idle workers. With EPOLLEXCLUSIVE the
+        kernel wakes the first waiter, so at low traffic one worker would accept every
+        new connection and, with keep-alive, keep them all while the others idle.
+        Done once per kept connection, not per request."""
+        assert self._epoll is not None
+        for fd in self.listeners:
+            self._epoll.unregister(fd)
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+
+    def _readable_idle(self) -> Set[int]:
+        """Idle connections on which a request has already arrived (or the peer closed)."""
+        poller = select.poll()
+        for fd in self.idle:
+            poller.register(fd, select.POLLIN)
+        return {fd for fd, _ in poller.poll(0)}
 
     def _forget(self, conn: Connection) -> None:
         del self.idle[conn.fd]
@@ -424,11 +474,40 @@ class Worker:
         conn.close()
 
     def _expire_idle(self) -> None:
+        """Close kept connections idle past --keepalive-timeout, and bring an idle set
+        that grew past the cap while busy back under it (checked five times a second)."""
+        now = time.monotonic()
+        if not self.idle or now < self._next_idle_check:
+            return
+        self._next_idle_check = now + QUIET_BEFORE_CLOSE
+        over = len(self.idle) - self.max_idle_connections
+        if over > 0:
+            self._close_quiet(limit=over)
+        self._close_quiet(limit=len(self.idle), quiet_for=self.keepalive_timeout)
+
+    def _drain_then_close_idle(self) -> None:
+        """Leaving (max-requests, reload, stop) with kept connections: accept nothing
+        new, go on serving requests that arrive on them, and close each once it has
+        been quiet for a moment -- the web server then drops it from its pool without
+        sending on it. FastCGI cannot announce a close, so a connection closed at the
+        instant the web server reuses it fails that request: nginx retries a GET,
+        not a POST, and Apache retries nothing. Bounded by DRAIN_SECONDS."""
         if not self.idle:
             return
-        cutoff = time.monotonic() - self.keepalive_timeout
-        for conn in [c for c in self.idle.values() if c.idle_since < cutoff]:
-            self._forget(conn)
+        assert self._epoll is not None
+        self.draining = True
+        if not self._accept_paused_until:
+            for fd in self.listeners:
+                self._epoll.unregister(fd)
+        deadline = time.monotonic() + min(DRAIN_SECONDS, self.keepalive_timeout)
+        while self.idle and time.monotonic() < deadline:
+            for fd, _ in self._epoll.poll(QUIET_BEFORE_CLOSE / 2):
+                if fd in self.idle:
+                    self._resume(fd)
+            self._close_quiet(limit=len(self.idle))
+        for conn in list(self.idle.values()):
+            conn.close()
+        self.idle.clear()
 
     def _recycle_due(self) -> bool:
         return bool(self.max_requests) and self.requests >= self.max_requests
@@ -452,7 +531,7 @@ class Worker:
                 if not begin.keep_conn:
                     conn.close_after_response()
                     return
-                if not self.alive:
+                if not self.alive and not self.draining:
                     conn.close()
                     return
                 if not conn.proto.has_buffered_data:
