@@ -186,5 +186,5 @@ def _serve_in_process(config: Config, listeners: List[Any], app: Optional[Callab
         except AppLoadError as exc:
             fail(f"cannot load the app: {exc}")
             return EXIT_APP_LOAD_ERROR
-    Worker.from_config(app, listeners, config, max_requests=config.max_requests, max_conns=1).run()
+    Worker.from_config(app, listeners, config, max_requests=config.max_requests, pool_size=1).run()
     return 0

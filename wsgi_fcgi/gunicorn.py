@@ -232,7 +232,7 @@ class FastCGIWorker(_GunicornWorker):  # type: ignore[misc]  # gunicorn is untyp
             # before the arbiter's kill would end the whole process.
             read_timeout=float(self.timeout) if self.timeout else 30.0,
             keepalive_timeout=float(cfg.keepalive),
-            max_conns=max(1, int(cfg.workers)),
+            pool_size=max(1, int(cfg.workers)),
             parent_pid=self.ppid,
             multiprocess=int(cfg.workers) > 1,
             allowed_peers=allowed_networks(Config()),

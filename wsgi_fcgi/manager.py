@@ -591,7 +591,7 @@ class Arbiter:
             if probe:
                 return 0
             worker = Worker.from_config(app, self.listeners, self.config, max_requests=max_requests,
-                                        max_conns=self.target, slot=self.scoreboard.slot(index),
+                                        pool_size=self.target, slot=self.scoreboard.slot(index),
                                         parent_pid=self._master_pid, scoreboard=self.scoreboard)
             booted = True
             worker.run()
