@@ -254,12 +254,15 @@ def test_environ_pairs_give_back_the_bytes_the_server_set() -> None:
 
 # --- start-up ------------------------------------------------------------------------
 
-def test_from_a_terminal_says_how_to_run_it(app_dir: Path) -> None:
+def test_a_dispatch_script_run_from_a_terminal_says_how_to_run_it(app_dir: Path) -> None:
+    # (python -m wsgi_fcgi from a terminal serves on 127.0.0.1:9000, as documented.)
+    script = app_dir / "dispatch_terminal.fcgi"
+    script.write_text("from wsgi_fcgi import serve\nfrom cgi_app import app\nserve(app, allow_root=True)\n")
     primary, secondary = pty.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "wsgi_fcgi", "--allow-root", "cgi_app:app"],
+        proc = subprocess.run([sys.executable, str(script)],
                               stdin=secondary, capture_output=True, cwd=app_dir, timeout=TIMEOUT,
-                              env={"PATH": os.environ["PATH"]})
+                              env={"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     finally:
         os.close(primary)
         os.close(secondary)

@@ -122,12 +122,16 @@ def choose_mode(mode: str, bind: Any, environ: Mapping[str, str], *,
     return "fastcgi"
 
 
-def detect_mode(config: Config) -> str:
-    """``choose_mode`` for this process (fd 0 is probed only when it matters)."""
+def detect_mode(config: Config, *, from_script: bool = False) -> str:
+    """``choose_mode`` for this process (fd 0 is probed only when it matters).
+
+    Only a script calling ``serve(app)`` (a dispatch.fcgi) tells a person at a
+    terminal how to run it: ``python -m wsgi_fcgi`` there means "serve on the
+    default address", as the command line documents."""
     probe = config.mode == "auto" and not config.bind
     return choose_mode(config.mode, config.bind, os.environ,
                        fd0_listening=probe and fd0_is_listening_socket(),
-                       on_terminal=probe and os.isatty(0))
+                       on_terminal=probe and from_script and os.isatty(0))
 
 
 # --- one request ----------------------------------------------------------------------

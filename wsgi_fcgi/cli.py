@@ -137,7 +137,7 @@ def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: O
     from .cgi import ModeError, detect_mode, serve_cgi
 
     try:
-        mode = detect_mode(config)
+        mode = detect_mode(config, from_script=app is not None)
     except ModeError as exc:
         fail(str(exc))
         return EXIT_USAGE
