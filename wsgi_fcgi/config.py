@@ -119,32 +119,33 @@ def _optional_str(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
-def _user(value: Any) -> str:
-    """A user name or a numeric uid; names must exist (numeric ids need not)."""
-    text = str(value).strip()
-    if text.isdigit():
+def _account(kind: str, lookup: Callable[[str], Any]) -> Parser:
+    """A user or group: a name that must exist, or a numeric id (which need not)."""
+    def parse(value: Any) -> str:
+        text = str(value).strip()
+        if not text.isdigit():
+            try:
+                lookup(text)
+            except KeyError:
+                raise ValueError(f"no {kind} named {text!r}") from None
         return text
+    return parse
+
+
+def _lookup_user(name: str) -> Any:
     import pwd
 
-    try:
-        pwd.getpwnam(text)
-    except KeyError:
-        raise ValueError(f"no user named {text!r}") from None
-    return text
+    return pwd.getpwnam(name)
 
 
-def _group(value: Any) -> str:
-    """A group name or a numeric gid; names must exist (numeric ids need not)."""
-    text = str(value).strip()
-    if text.isdigit():
-        return text
+def _lookup_group(name: str) -> Any:
     import grp
 
-    try:
-        grp.getgrnam(text)
-    except KeyError:
-        raise ValueError(f"no group named {text!r}") from None
-    return text
+    return grp.getgrnam(name)
+
+
+_user = _account("user", _lookup_user)
+_group = _account("group", _lookup_group)
 
 
 @dataclass(frozen=True)
