@@ -322,7 +322,8 @@ class Worker:
         try:
             while self.alive:
                 self.heartbeat()
-                for fd, _ in epoll.poll(self._poll_timeout()):
+                events = epoll.poll(self._poll_timeout())
+                for fd, _ in events:
                     if fd == self._wakeup_r:
                         self._drain_wakeup()
                     elif fd in self.listeners:
@@ -340,7 +341,9 @@ class Worker:
                     error_log.info("worker %d: %s changed, restarting (--reload)", os.getpid(),
                                    self.source_watch.changed_file)
                     self.alive = False
-                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                # Only when idle: a worker whose master died exits within a second
+                # of going quiet, at no syscall per request.
+                if not events and self.parent_pid is not None and os.getppid() != self.parent_pid:
                     error_log.warning("worker %d: master %d has gone, exiting", os.getpid(), self.parent_pid)
                     self.alive = False
         except BaseException:  # a quick stop (INT/QUIT) or a crash: no more requests
