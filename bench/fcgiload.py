@@ -73,25 +73,34 @@ def one_request(sock_path: str, request: bytes, timeout: float = 30.0) -> Tuple[
 
 
 def _read_response(sock: socket.socket) -> Tuple[bool, int, bytes]:
-    """Walk the record headers in place (recv_into one buffer, content skipped,
-    never copied) until END_REQUEST: the client must cost little next to a
-    1 MiB response."""
+    """Walk the records in place (recv_into one buffer; content is skipped, not
+    copied, except the first 256 bytes of STDOUT) until END_REQUEST: the client
+    must cost little next to a 1 MiB response. Headers and content may arrive
+    in separate segments (flup and uWSGI write them apart)."""
     view = memoryview(bytearray(RECV))
     recv_into = sock.recv_into
     unpack = HEADER.unpack_from
     header = bytearray()
-    skip = 0
+    content_left = padding_left = 0
+    rtype = 0
     stdout = 0
-    head = b""
+    head = bytearray()
     while True:
         n = recv_into(view)
         if not n:
             raise ConnectionError("connection closed before END_REQUEST")
         pos = 0
         while pos < n:
-            if skip:
-                step = min(skip, n - pos)
-                skip -= step
+            if content_left:
+                step = min(content_left, n - pos)
+                if rtype == 6 and len(head) < 256:
+                    head += view[pos:pos + min(step, 256 - len(head))]
+                content_left -= step
+                pos += step
+                continue
+            if padding_left:
+                step = min(padding_left, n - pos)
+                padding_left -= step
                 pos += step
                 continue
             need = 8 - len(header)
@@ -99,15 +108,13 @@ def _read_response(sock: socket.socket) -> Tuple[bool, int, bytes]:
             pos += min(need, n - pos)
             if len(header) < 8:
                 break
-            _, rtype, _, length, padding = unpack(header)
+            _, rtype, _, content_left, padding_left = unpack(header)
             header = bytearray()
             if rtype == 6:
-                if not head and length:
-                    head = bytes(view[pos:min(pos + length, pos + 256, n)])
-                stdout += length
+                stdout += content_left
             elif rtype == 3:
-                return head.startswith(b"Status: 200") or b"\nStatus: 200" in head, stdout, head
-            skip = length + padding
+                first = bytes(head)
+                return first.startswith(b"Status: 200") or b"\nStatus: 200" in first, stdout, first
 
 
 def _loop(sock_path: str, request: bytes, deadline: float, out: "multiprocessing.Queue[Dict[str, float]]") -> None:

@@ -97,7 +97,7 @@ def main() -> None:
     # 3. pairs -> environ
     rows.append(("build_environ", best_us(lambda: build_environ(pairs), 20000), "environ.py build_environ"))
 
-    # prototype: decode straight into a dict, duplicates merged inline (proposal 2)
+    # prototype: decode straight into a dict, duplicates merged inline (proposal 5)
     def decode_to_dict(content: bytes) -> Dict[str, str]:
         text = content.decode("latin-1")
         end = len(text)
@@ -130,7 +130,7 @@ def main() -> None:
         return env
 
     rows.append(("prototype: decode straight into a dict, merge duplicates inline",
-                 best_us(lambda: decode_to_dict(params_bytes), 20000), "proposal 2"))
+                 best_us(lambda: decode_to_dict(params_bytes), 20000), "proposal 5"))
 
     # 4. the handler, fake channel
     handler = RequestHandler(apps.application)
@@ -146,6 +146,31 @@ def main() -> None:
                  "handler.py write/flush"))
     rows.append(("  of which the app alone, hello", best_us(
         lambda: apps.application({"PATH_INFO": "/hello"}, lambda s, h: None), 50000), "apps.py"))
+
+    # 4b. the Flask app alone, with wsgi_fcgi's environ and with the empty values nginx sent kept
+    try:
+        import io
+
+        import flaskapp
+    except ImportError:
+        flaskapp = None
+    if flaskapp is not None:
+        flask_env = build_environ(p.decode_pairs(p.encode_pairs(fcgiload.nginx_params("/", 0))))
+
+        def flask_call(env: Dict[str, Any]) -> Callable[[], None]:
+            def call() -> None:
+                e = dict(env)
+                e["wsgi.input"] = io.BytesIO()
+                e["wsgi.errors"] = sys.stderr
+                for _ in flaskapp.app(e, lambda s, h, x=None: None):
+                    pass
+            return call
+
+        kept = dict(flask_env, CONTENT_TYPE="", CONTENT_LENGTH="")
+        rows.append(("Flask app alone, wsgi_fcgi's environ (no CONTENT_TYPE/LENGTH)",
+                     best_us(flask_call(flask_env), 5000), "environ.py:100-108"))
+        rows.append(("Flask app alone, CONTENT_TYPE='' CONTENT_LENGTH='' kept as nginx sent them",
+                     best_us(flask_call(kept), 5000), "proposal 6"))
 
     # 5. 1 MiB of STDIN through framing + wsgi.input, as nginx sends it
     body = 1 << 20
@@ -178,7 +203,7 @@ def main() -> None:
     rows.append(("1 MiB STDIN: ServerConnection + InputStream.read(64 KiB)", best_us(stdin_through_framing, 200),
                  "protocol.py RecordReader, handler.py InputStream"))
 
-    # prototype: parse records out of one buffer with memoryviews, hand read(n) the record payload (proposal 1)
+    # prototype: parse records out of one buffer with memoryviews, one copy per byte (proposal 2)
     header = struct.Struct("!BBHHBx")
 
     def stdin_prototype() -> int:
@@ -202,7 +227,7 @@ def main() -> None:
         return total
 
     rows.append(("prototype: recv_into one buffer, memoryview records, one copy per byte",
-                 best_us(stdin_prototype, 200), "proposal 1"))
+                 best_us(stdin_prototype, 200), "proposal 2"))
 
     # 6. one whole request in-process: accept, Connection, parse, handler, sendmsg, close
     #    (Worker._accept on a real unix socket; the client side is timed apart and subtracted)

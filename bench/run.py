@@ -314,17 +314,29 @@ def _pgid(pid: int) -> Optional[int]:
 SNAPSHOT: Optional[Path] = None  # a copy of wsgi_fcgi/ taken at start, so commits made meanwhile change nothing
 
 
-def snapshot_source(results: Path) -> str:
+def snapshot_source(results: Path, src: Optional[str] = None) -> str:
     """Copy wsgi_fcgi/ into the results directory and run every backend from
-    that copy: other people commit to the tree while a 20-minute matrix runs."""
+    that copy: other people commit to the tree while a 20-minute matrix runs.
+    ``src`` reuses the copy an earlier run made (so several modes measure the
+    same code)."""
     global SNAPSHOT
-    SNAPSHOT = results / "src"
-    shutil.copytree(REPO / "wsgi_fcgi", SNAPSHOT / "wsgi_fcgi", ignore=shutil.ignore_patterns("__pycache__"))
+    if src:
+        SNAPSHOT = Path(src).resolve()
+        if not (SNAPSHOT / "wsgi_fcgi" / "__init__.py").exists():
+            raise SystemExit(f"--src {src}: no wsgi_fcgi package there")
+    else:
+        SNAPSHOT = results / "src"
+        shutil.copytree(REPO / "wsgi_fcgi", SNAPSHOT / "wsgi_fcgi", ignore=shutil.ignore_patterns("__pycache__"))
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "wsgi_fcgi"],
+                               capture_output=True, text=True).stdout.strip()
+        changes = " + uncommitted changes in wsgi_fcgi/" if dirty else ""
+        (SNAPSHOT / "COMMIT").write_text(f"last commit to wsgi_fcgi/ {git_rev()}{changes}\n")
     sys.path.insert(0, str(SNAPSHOT))
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "wsgi_fcgi"],
-                           capture_output=True, text=True).stdout.strip()
-    changes = " + uncommitted changes in wsgi_fcgi/" if dirty else ""
-    return f"wsgi_fcgi: last commit to wsgi_fcgi/ {git_rev()}{changes}, run from the copy in {SNAPSHOT}"
+    try:
+        commit = (SNAPSHOT / "COMMIT").read_text().strip()
+    except OSError:
+        commit = "unknown commit"
+    return f"wsgi_fcgi: {commit}, run from the copy in {SNAPSHOT}"
 
 
 def bench_env() -> Dict[str, str]:
@@ -1248,6 +1260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--wait-load", type=float, default=None, metavar="L",
                     help="first wait (polling every 30 s) until the 1-minute load is below L")
     ap.add_argument("--wait-max", type=float, default=900, help="…for at most this many seconds (default 900)")
+    ap.add_argument("--src", default=None, metavar="DIR",
+                    help="run wsgi_fcgi from DIR/wsgi_fcgi (e.g. an earlier run's results/…/src) instead of a new copy")
     ap.add_argument("--out", default=None, help="results directory (default bench/results/<timestamp>)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--direct", action="store_true", help="no web server: fcgiload.py straight to the socket")
@@ -1281,7 +1295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    args.big_buffers)
 
     set_child_subreaper()
-    source = snapshot_source(results)
+    source = snapshot_source(results, args.src)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
