@@ -1068,3 +1068,24 @@ def test_data_interleaved_with_stdin_is_a_protocol_error() -> None:
     assert conn.next_event() == StdinData(4, b"in")
     with pytest.raises(ProtocolError):
         conn.next_event()
+
+
+def test_end_of_an_answered_requests_body_is_noticed() -> None:
+    # The app answered after reading CONTENT_LENGTH bytes, before the empty STDIN
+    # record was read: the worker still learns that the whole body has arrived
+    # (and can close without a lingering drain).
+    conn = ServerConnection()
+    started(conn, 1)
+    assert feed(conn, rec(FCGI_STDIN, 1, b"body"), on_end=False) == [StdinData(1, b"body")]
+    conn.end_request(1)
+    assert not conn.ended_input_complete
+    assert feed(conn, rec(FCGI_STDIN, 1, b"")) == []
+    assert conn.ended_input_complete
+
+
+def test_body_read_to_its_end_is_complete_at_end_request() -> None:
+    conn = ServerConnection()
+    started(conn, 1)
+    feed(conn, rec(FCGI_STDIN, 1, b"x") + rec(FCGI_STDIN, 1, b""), on_end=False)
+    conn.end_request(1)
+    assert conn.ended_input_complete

@@ -420,6 +420,10 @@ class ServerConnection:
         self._active: Optional[_ActiveRequest] = None
         self._outgoing: List[bytes] = []
         self.closed = False
+        # After END_REQUEST: has the whole body of that request arrived (its empty
+        # STDIN record seen)? Then the connection can close without lingering.
+        self.ended_input_complete = False
+        self._ended_id = 0
 
     # input side
     def receive_data(self, data: bytes) -> None:
@@ -459,6 +463,8 @@ class ServerConnection:
                     protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
         """END_REQUEST for the active request; its id becomes inactive."""
         if self._active is not None and self._active.request_id == request_id:
+            self.ended_input_complete = self._active.stdin_done
+            self._ended_id = request_id
             self._active = None
         return encode_end_request(request_id, app_status, protocol_status)
 
@@ -476,6 +482,8 @@ class ServerConnection:
             # libfcgi does, whatever their type) -- unless no web server sends that type.
             if rtype in (FCGI_STDOUT, FCGI_STDERR, FCGI_END_REQUEST):
                 raise ProtocolError(f"record type {rtype} is sent by applications, not to them")
+            if rtype == FCGI_STDIN and rid == self._ended_id and not record.content:
+                self.ended_input_complete = True  # the rest of an answered request's body has arrived
             return None
         if rtype not in _APPLICATION_TYPES:
             raise ProtocolError(f"unknown record type {rtype} for the active request {rid}")

@@ -165,7 +165,7 @@ class Connection:
         """Close at the end of a request. Unread input still on its way would
         make close() send a RST that can destroy the response in flight, so in
         that case shut down our side and drain briefly first (lingering close)."""
-        if not self.input_finished:
+        if not self.input_finished and not self._rest_of_input_arrived():
             try:
                 self.sock.shutdown(socket.SHUT_WR)
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(LINGER_SECONDS))
@@ -175,6 +175,30 @@ class Connection:
             except OSError:
                 pass
         self.close()
+
+
+    def _rest_of_input_arrived(self) -> bool:
+        """Whether the end of the answered request's body is already here: in our
+        buffer, or in the socket (one non-blocking read). An app that reads
+        exactly CONTENT_LENGTH bytes never asks for the empty STDIN record, yet
+        nginx has usually sent it; then no lingering drain is needed."""
+        proto = self.proto
+        try:
+            data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            data = None
+        except OSError:
+            return False
+        if data == b"":
+            return True  # the peer has closed: nothing left to read
+        if data:
+            proto.receive_data(data)
+        try:
+            while not proto.ended_input_complete and proto.next_event() is not p.NEED_DATA:
+                pass
+        except p.ProtocolError:
+            return False
+        return proto.ended_input_complete
 
 
 def _sendmsg_all(sock: socket.socket, buffers: List[Any]) -> None:
