@@ -31,7 +31,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -50,6 +50,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _failed(request: pytest.FixtureRequest) -> bool:
     return any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+
+
+def _stop_all(request: pytest.FixtureRequest, servers: List[Any], logs: Callable[[Any], Tuple[str, str]]) -> None:
+    """Stop every server a fixture started, newest first; a failed test gets their logs."""
+    failed = _failed(request)
+    for server in reversed(servers):
+        server.stop()
+        if failed:
+            request.node.add_report_section("teardown", *logs(server))
 
 
 @pytest.fixture
@@ -71,13 +80,8 @@ def wsgi_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
 
     yield start
 
-    failed = _failed(request)
-    for server in reversed(servers):
-        server.stop()
-        if failed:
-            request.node.add_report_section(
-                "teardown", f"wsgi_fcgi pid {server.proc.pid if server.proc else '-'} stderr", server.stderr_text()
-            )
+    _stop_all(request, servers, lambda s: (f"wsgi_fcgi pid {s.proc.pid if s.proc else '-'} stderr",
+                                           s.stderr_text()))
     for path in cleanup:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -94,11 +98,7 @@ def nginx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[.
 
     yield start
 
-    failed = _failed(request)
-    for server in reversed(servers):
-        server.stop()
-        if failed:
-            request.node.add_report_section("teardown", f"nginx ({server.site}) logs", server.error_log_text())
+    _stop_all(request, servers, lambda s: (f"nginx ({s.site}) logs", s.error_log_text()))
 
 
 @pytest.fixture(scope="session")
