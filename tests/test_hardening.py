@@ -226,6 +226,18 @@ def test_a_peer_that_sends_nothing_is_dropped_after_the_read_timeout(server: Any
     assert healthy(srv)
 
 
+def test_a_peer_that_stops_reading_the_response_is_dropped_after_the_read_timeout(server: Any) -> None:
+    # Sends start without blocking; the first one that would block must still be bounded.
+    srv = server("--workers", "1", "--read-timeout", "1")
+    with raw_connect(srv.address) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(request_bytes(path="/download?size=67108864"))  # 64 MiB, never read
+        wait_for(lambda: "sending the response failed" in srv.stderr_text(), what="the stalled send to be given up",
+                 timeout=20)
+        assert healthy(srv)  # the only worker is free again
+    assert "Traceback" not in srv.stderr_text()
+
+
 def test_an_idle_kept_connection_is_closed_after_the_keepalive_timeout(server: Any) -> None:
     srv = server("--workers", "1", "--keepalive-timeout", "1")
     with raw_connect(srv.address) as sock:

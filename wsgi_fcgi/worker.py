@@ -9,8 +9,12 @@ pipe. Signal handlers only set flags; the loop acts on them between requests,
 so a TERM lets the current request finish (what mod_fcgid and the master
 expect) and an accepted connection is never dropped.
 
-Reads during a request are blocking with SO_RCVTIMEO/SO_SNDTIMEO as the stall
-timeout: unlike ``settimeout`` that costs no extra poll() per recv.
+Socket calls first try without blocking (MSG_DONTWAIT): a request from a
+web server usually arrives in one segment and its answer fits the socket
+buffer, so most connections never wait and cost no setsockopt. The first
+call that would block arms SO_RCVTIMEO/SO_SNDTIMEO as the stall timeout (once
+per connection) and retries blocking: unlike ``settimeout`` that costs no
+extra poll() per call.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ ACCEPT_PAUSE = 0.5  # seconds without accepting after EMFILE and friends
 QUIET_BEFORE_CLOSE = 0.2  # a kept connection unused this long is not about to be reused
 DRAIN_SECONDS = 3.0  # most a leaving worker spends serving its kept connections
 ACCEPT_ERROR_LOG_INTERVAL = 10.0
+ACCEPT_STREAK = 16  # connections served back to back before the loop checks signals and timers again
 
 
 class ReadTimeout(Exception):
@@ -61,7 +66,8 @@ def _timeval(seconds: float) -> bytes:
 class Connection:
     """One accepted transport connection; the handler's ``Channel`` for its current request."""
 
-    __slots__ = ("sock", "fd", "proto", "peer", "request_id", "input_finished", "_stash", "idle_since")
+    __slots__ = ("sock", "fd", "proto", "peer", "request_id", "input_finished", "_stash", "idle_since",
+                 "_timeval", "_flags")
 
     def __init__(self, sock: socket.socket, peer: Any, proto: p.ServerConnection, timeval: bytes) -> None:
         self.sock = sock
@@ -72,9 +78,15 @@ class Connection:
         self.input_finished = False
         self._stash: Optional[p.ServerEvent] = None
         self.idle_since = 0.0
-        if timeval:  # the stall timeout, packed once per worker
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        self._timeval = timeval  # the stall timeout, packed once per worker; b"": none
+        # Until the first call that would block, recv/sendmsg do not wait.
+        self._flags = socket.MSG_DONTWAIT if timeval else 0
+
+    def _arm_stall_timeout(self) -> None:
+        """A call would block: from now on calls wait, at most the stall timeout."""
+        self._flags = 0
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
 
     # reading
     def next_event(self) -> p.ServerEvent:
@@ -91,13 +103,18 @@ class Connection:
                 self._send_bytes(reply)
             if event is not p.NEED_DATA:
                 return event  # type: ignore[no-any-return]
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                raise ReadTimeout() from None
-            except ConnectionResetError:
-                data = b""
-            proto.receive_data(data)
+            proto.receive_data(self._recv())
+
+    def _recv(self) -> bytes:
+        try:
+            return self.sock.recv(RECV_SIZE, self._flags)
+        except BlockingIOError:
+            if not self._flags:
+                raise ReadTimeout() from None  # SO_RCVTIMEO expired
+        except ConnectionResetError:
+            return b""
+        self._arm_stall_timeout()
+        return self._recv()
 
     def prefetch_stdin_end(self) -> None:
         """If the empty STDIN record is already buffered (a GET from nginx arrives
@@ -142,11 +159,26 @@ class Connection:
         raise ClientDisconnected(f"unexpected {type(event).__name__} while reading the request body")
 
     def send(self, buffers: List[Any]) -> None:
+        """Send every byte of ``buffers``: one sendmsg in the common case."""
         try:
-            for start in range(0, len(buffers), MAX_IOV):
-                _sendmsg_all(self.sock, buffers[start:start + MAX_IOV])
+            try:
+                sent = self.sock.sendmsg(buffers, (), self._flags) if len(buffers) <= MAX_IOV else 0
+            except BlockingIOError:
+                if not self._flags:
+                    raise
+                sent = 0
+            if sent != sum(map(len, buffers)):
+                self._send_rest(buffers, sent)
         except (BrokenPipeError, ConnectionResetError, BlockingIOError) as exc:
             raise ClientDisconnected(f"sending the response failed: {exc.strerror or 'timed out'}") from None
+
+    def _send_rest(self, buffers: List[Any], sent: int) -> None:
+        """The slow path of send(): a full socket buffer or more than MAX_IOV buffers."""
+        if self._flags:
+            self._arm_stall_timeout()
+        buffers = _skip(buffers, sent)
+        for start in range(0, len(buffers), MAX_IOV):
+            _sendmsg_all(self.sock, buffers[start:start + MAX_IOV])
 
     def _send_bytes(self, data: bytes) -> None:
         self.send([data])
@@ -204,15 +236,17 @@ class Connection:
 def _sendmsg_all(sock: socket.socket, buffers: List[Any]) -> None:
     """sendmsg until every byte of ``buffers`` is out (a blocking send can be partial)."""
     while buffers:
-        sent = sock.sendmsg(buffers)
-        for index, buffer in enumerate(buffers):
-            length = len(buffer)
-            if sent < length:
-                buffers = [memoryview(buffer)[sent:]] + buffers[index + 1:] if sent else buffers[index:]
-                break
-            sent -= length
-        else:
-            return
+        buffers = _skip(buffers, sock.sendmsg(buffers))
+
+
+def _skip(buffers: List[Any], sent: int) -> List[Any]:
+    """What is left of ``buffers`` once their first ``sent`` bytes went out."""
+    for index, buffer in enumerate(buffers):
+        length = len(buffer)
+        if sent < length:
+            return [memoryview(buffer)[sent:]] + buffers[index + 1:] if sent else buffers[index:]
+        sent -= length
+    return []
 
 
 class Worker:
@@ -395,25 +429,36 @@ class Worker:
             pass
 
     def _accept(self, listener: socket.socket) -> None:
+        """Serve the connections queued on ``listener``: after one, take the next
+        without waiting in epoll again (under load the queue is rarely empty), up
+        to ACCEPT_STREAK in a row. Not while kept connections wait, which epoll
+        would report, nor once the worker must stop."""
+        for _ in range(ACCEPT_STREAK):
+            if not self._accept_one(listener) or self.idle or not self.alive or self._accept_paused_until:
+                return
+
+    def _accept_one(self, listener: socket.socket) -> bool:
+        """Accept and serve one connection; False if there was none to accept."""
         try:
             # _accept and the C-level socket type skip socket.py's wrapper
             # (timeout bookkeeping and io refcounts we never use): per request.
             fd, peer = listener._accept()  # type: ignore[attr-defined]
         except BlockingIOError:
-            return  # another worker took it
+            return False  # the queue is empty, or another worker took it
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 self._pause_accepting(exc.strerror or str(exc))
-                return
+                return False
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                return
+                return True
             raise
         sock = _socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
         if not self.allowed_peers.allows(peer):
             sock.close()
-            return
+            return True
         proto = p.ServerConnection(max_conns=self.max_conns, max_reqs=self.max_reqs, limits=self.limits)
         self._serve(Connection(sock, peer, proto, self._timeval))  # type: ignore[arg-type]
+        return True
 
     def _pause_accepting(self, reason: str) -> None:
         """Out of descriptors or memory: stop watching the listening sockets for a
