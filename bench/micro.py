@@ -241,6 +241,7 @@ def main() -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
+    listener.setblocking(False)  # as in Worker.run: _accept serves what is queued, then returns
     worker = Worker(apps.application, [listener])
 
     def serve(n: int, *, accept: bool = True) -> float:

@@ -339,9 +339,11 @@ def snapshot_source(results: Path, src: Optional[str] = None) -> str:
     return f"wsgi_fcgi: {commit}, run from the copy in {SNAPSHOT}"
 
 
-def bench_env() -> Dict[str, str]:
+def bench_env(src: Optional[Path] = None) -> Dict[str, str]:
+    """The backends' environment; ``src`` (a directory holding wsgi_fcgi/) overrides the snapshot."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(([str(SNAPSHOT)] if SNAPSHOT else []) + [str(BENCH), str(REPO)])
+    first = src or SNAPSHOT
+    env["PYTHONPATH"] = os.pathsep.join(([str(first)] if first else []) + [str(BENCH), str(REPO)])
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
@@ -355,10 +357,11 @@ class Backend:
     command: Callable[[str, str, int], List[str]]  # (socket, app spec, workers) -> argv
     apps: Tuple[str, ...] = ("apps:application", "flaskapp:app")
     extra_args: List[str] = field(default_factory=list)
+    src: Optional[Path] = None  # wsgi_fcgi-base: the package copy to run (--baseline)
 
     def start(self, sock: str, app: str, workers: int, log: Path) -> Proc:
         argv = self.command(sock, app, workers) + self.extra_args
-        proc = Proc(self.name, argv, log, cwd=BENCH, env=bench_env())
+        proc = Proc(self.name, argv, log, cwd=BENCH, env=bench_env(self.src))
         if self.name == "libfcgi-c":
             # spawn-fcgi forks the children and exits; their PIDs are on its output.
             proc.popen.wait(10)
@@ -1273,6 +1276,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="default: hello,json_1k,big_1m,post_1m,flask (trace), hello,big_1m (profile)")
     ap.add_argument("--trace-requests", type=int, default=200)
     ap.add_argument("--profile-backend", default="wsgi_fcgi")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also run DIR/wsgi_fcgi as backend wsgi_fcgi-base, interleaved with the others, to "
+                         "compare two versions (e.g. a `git worktree` of an earlier commit)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -1283,6 +1289,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.diag_workloads = "hello,json_1k,big_1m,post_1m,flask" if args.diag == "trace" else "hello,big_1m"
     if args.wsgi_fcgi_args:
         BACKENDS["wsgi_fcgi"].extra_args = args.wsgi_fcgi_args.split()
+    if args.baseline:
+        base = Path(args.baseline).resolve()
+        if not (base / "wsgi_fcgi" / "__init__.py").exists():
+            raise SystemExit(f"--baseline {args.baseline}: no wsgi_fcgi package there")
+        BACKENDS["wsgi_fcgi-base"] = Backend("wsgi_fcgi-base", "fastcgi", True, _wsgi_fcgi, src=base,
+                                             extra_args=BACKENDS["wsgi_fcgi"].extra_args)
+        FASTCGI_BACKENDS.append("wsgi_fcgi-base")
+        args.backends.insert(args.backends.index("wsgi_fcgi") + 1 if "wsgi_fcgi" in args.backends else 0,
+                             "wsgi_fcgi-base")
     if "libfcgi-c" in args.backends and not C_HELLO.exists():
         raise SystemExit(f"{C_HELLO} is missing: run bash bench/setup.sh (or gcc -O2 -o {C_HELLO} "
                          f"{C_HELLO}.c -lfcgi -lz)")
