@@ -862,6 +862,10 @@ values = st.one_of(
 )
 
 
+mutation = st.tuples(st.sampled_from(["flip", "insert", "delete", "set"]), st.integers(0, 10**9),
+                     st.integers(0, 255), st.integers(1, 16))
+
+
 @st.composite
 def gen_request(draw: st.DrawFn, rid: Optional[int] = None) -> GenRequest:
     pairs = draw(st.lists(st.tuples(names, values), max_size=6))
@@ -911,40 +915,70 @@ def wire_and_events(requests: Sequence[GenRequest]) -> Tuple[bytes, List[object]
 
 
 class Driver:
-    """Feeds a ServerConnection the way a worker would; the request ends after its last stream."""
+    """Feeds a ServerConnection the way a worker would; the request ends after its last stream.
 
-    def __init__(self) -> None:
+    With ``fast``, it first offers the buffer to ``read_request_head`` whenever no
+    request is active, as the worker does, and takes what that returns as events.
+    """
+
+    def __init__(self, fast: bool = False) -> None:
         self.conn = ServerConnection(max_conns=3, max_reqs=4)
         self.events: List[object] = []
         self.sent = bytearray()
         self.role = FCGI_RESPONDER
+        self.fast = fast
+        self.fast_heads = 0  # requests whose head the fast path took
 
     def feed(self, data: bytes) -> None:
         self.conn.receive_data(data)
         for _ in range(len(data) + 10):
+            if self.fast and self.conn.active_request_id is None:
+                head = self.conn.read_request_head()
+                if head is not None:
+                    self.fast_heads += 1
+                    self.take(head.begin)
+                    self.take(head.params)
+                    if head.stdin_done:
+                        self.take(StdinEnd(head.begin.request_id))
+                    continue
             event = self.conn.next_event()
             self.sent += self.conn.data_to_send()
             if event is NEED_DATA:
                 return
-            self.events.append(event)
-            if isinstance(event, BeginRequest):
-                self.role = event.role
-            done = (isinstance(event, StdinEnd) and self.role != FCGI_FILTER) or isinstance(
-                event, (DataEnd, AbortRequest))
-            if done:
-                self.sent += self.conn.end_request(event.request_id)  # type: ignore[union-attr]
+            self.take(event)
             if isinstance(event, ConnectionClosed):
                 return
         raise AssertionError("next_event() did not settle")
 
+    def take(self, event: object) -> None:
+        self.events.append(event)
+        if isinstance(event, BeginRequest):
+            self.role = event.role
+        done = (isinstance(event, StdinEnd) and self.role != FCGI_FILTER) or isinstance(
+            event, (DataEnd, AbortRequest))
+        if done:
+            self.sent += self.conn.end_request(event.request_id)  # type: ignore[attr-defined]
 
-def run_split(data: bytes, cuts: Iterable[int]) -> Driver:
-    driver = Driver()
+
+def run_split(data: bytes, cuts: Iterable[int], fast: bool = False) -> Driver:
+    driver = Driver(fast)
     bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(data))), len(data)]
     for a, b in zip(bounds, bounds[1:]):
         driver.feed(data[a:b])
     driver.feed(b"")
     return driver
+
+
+def outcome(data: bytes, cuts: Iterable[int], fast: bool) -> Tuple[List[object], bytes, Optional[str]]:
+    """Events, replies and the protocol error (if any) of driving ``data`` split at ``cuts``."""
+    driver = Driver(fast)
+    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(data))), len(data), len(data)]
+    try:
+        for a, b in zip(bounds, bounds[1:]):
+            driver.feed(data[a:b])
+    except ProtocolError as exc:
+        return driver.events, bytes(driver.sent), exc.reason
+    return driver.events, bytes(driver.sent), None
 
 
 @given(st.lists(gen_request(), min_size=1, max_size=3), st.data())
@@ -968,6 +1002,64 @@ def test_any_split_of_a_valid_stream_yields_the_same_events(requests: List[GenRe
 def test_one_byte_chunks_yield_the_same_events(requests: List[GenRequest]) -> None:
     wire, expected, _ = wire_and_events(requests)
     assert run_split(wire, range(1, len(wire))).events == [*expected, ConnectionClosed()]
+
+
+# --- the request-head fast path gives what the general path gives ---------------------------
+
+@given(st.lists(gen_request(), min_size=1, max_size=3), st.data())
+@settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_fast_request_head_yields_what_the_general_path_yields(
+        requests: List[GenRequest], data: st.DataObject) -> None:
+    assume(sum(len(encode_pairs(r.pairs)) for r in requests) < 200_000)
+    wire, _, _ = wire_and_events(requests)
+    cuts = data.draw(st.lists(st.integers(1, max(len(wire) - 1, 1)), max_size=10), label="cuts")
+    assert outcome(wire, cuts, fast=True) == outcome(wire, cuts, fast=False)
+
+
+@given(st.lists(gen_request(), min_size=1, max_size=2), st.lists(mutation, min_size=1, max_size=4), st.data())
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_fast_request_head_on_mutated_streams_fails_like_the_general_path(
+        requests: List[GenRequest], mutations: List[Tuple[str, int, int, int]], data: st.DataObject) -> None:
+    wire = mutate(wire_and_events(requests)[0], mutations)
+    cuts = data.draw(st.lists(st.integers(1, max(len(wire), 1)), max_size=4), label="cuts")
+    assert outcome(wire, cuts, fast=True) == outcome(wire, cuts, fast=False)
+
+
+def test_fast_request_head_takes_what_real_web_servers_send() -> None:
+    from fixtures_params import load_forwarded, require_fixtures_dir
+
+    fixtures = load_forwarded(require_fixtures_dir())
+    assert fixtures
+    for fixture in fixtures:
+        pairs = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fixture.pairs]
+        body = b"x" * fixture.stdin_length
+        wire = (begin(1, FCGI_RESPONDER, 1) + params_stream(1, pairs)
+                + b"".join(p.encode_stream(FCGI_STDIN, 1, body)) + rec(FCGI_STDIN, 1))
+        fast = run_split(wire, [], fast=True)
+        assert fast.fast_heads == 1, fixture.id  # one segment: the fast path takes it
+        assert fast.events == run_split(wire, [], fast=False).events, fixture.id
+        assert fast.events[1] == Params(1, fixture.pairs), fixture.id
+        for cut in range(1, len(wire), 97):  # split anywhere: fast or not, the same events
+            assert run_split(wire, [cut], fast=True).events == fast.events, (fixture.id, cut)
+
+
+def test_fast_request_head_leaves_unusual_heads_to_the_general_path() -> None:
+    request = begin(1) + params_stream(1, [(b"A", b"1")]) + rec(FCGI_STDIN, 1)
+    unusual = [
+        _get_values(b"FCGI_MAX_CONNS") + request,  # a management record first
+        rec(FCGI_BEGIN_REQUEST, 1, struct.pack("!HB5x", 9, 0)) + request,  # unknown role
+        request[:-8],  # the end of STDIN not here yet: taken, without stdin_done
+        request[:20],  # PARAMS incomplete
+    ]
+    for wire in unusual:
+        conn = ServerConnection()
+        conn.receive_data(wire)
+        head = conn.read_request_head()
+        if wire == request[:-8]:
+            assert head is not None and not head.stdin_done
+        else:
+            assert head is None
+            assert conn.has_buffered_data  # nothing taken: next_event sees it all
 
 
 def test_several_sequential_requests_with_the_same_id_split_everywhere() -> None:
@@ -1015,15 +1107,18 @@ def test_random_records_raise_only_protocol_error(items: List[Tuple[int, int, by
     survive(b"".join(rec(t, rid, content, pad) for t, rid, content, pad in items))
 
 
-mutation = st.tuples(st.sampled_from(["flip", "insert", "delete", "set"]), st.integers(0, 10**9),
-                     st.integers(0, 255), st.integers(1, 16))
-
 
 @given(st.lists(gen_request(), min_size=1, max_size=2), st.lists(mutation, min_size=1, max_size=6), st.data())
 @settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_mutated_valid_streams_raise_only_protocol_error(
         requests: List[GenRequest], mutations: List[Tuple[str, int, int, int]], data: st.DataObject) -> None:
-    wire = bytearray(wire_and_events(requests)[0])
+    wire = mutate(wire_and_events(requests)[0], mutations)
+    cuts = data.draw(st.lists(st.integers(1, max(len(wire), 1)), max_size=10), label="cuts")
+    survive(wire, cuts)
+
+
+def mutate(data: bytes, mutations: List[Tuple[str, int, int, int]]) -> bytes:
+    wire = bytearray(data)
     for kind, where, byte, count in mutations:
         pos = where % (len(wire) + 1)
         if kind == "flip" and pos < len(wire):
@@ -1034,8 +1129,7 @@ def test_mutated_valid_streams_raise_only_protocol_error(
             wire[pos:pos] = bytes([byte]) * count
         elif kind == "delete":
             del wire[pos:pos + count]
-    cuts = data.draw(st.lists(st.integers(1, max(len(wire), 1)), max_size=10), label="cuts")
-    survive(bytes(wire), cuts)
+    return bytes(wire)
 
 
 def test_flipping_each_header_byte_of_a_request_raises_only_protocol_error() -> None:

@@ -116,18 +116,34 @@ class Connection:
         self._arm_stall_timeout()
         return self._recv()
 
+    def read_request_head(self) -> Optional[Tuple[p.BeginRequest, p.Params]]:
+        """BEGIN_REQUEST and PARAMS through the protocol's fast path, reading once
+        if nothing is buffered; None when the general path (next_event) must run."""
+        if self._stash is not None:
+            return None
+        proto = self.proto
+        if not proto.has_buffered_data:
+            data = self._recv()
+            proto.receive_data(data)
+            if not data:
+                return None
+        head = proto.read_request_head()
+        if head is None:
+            return None
+        if head.stdin_done:
+            self._stash = p.StdinEnd(head.begin.request_id)
+        return head.begin, head.params
+
     def prefetch_stdin_end(self) -> None:
         """If the empty STDIN record is already buffered (a GET from nginx arrives
         in one segment), note it: the connection can then be closed without a
         lingering drain."""
-        if self._stash is not None or not self.proto.has_buffered_data:
-            return
-        event: Any = self.proto.next_event()  # from the buffer only: never waits for the peer
-        if event is p.NEED_DATA:
-            return
-        if isinstance(event, p.StdinEnd):
+        if self._stash is None and self.proto.has_buffered_data:
+            event: Any = self.proto.next_event()  # from the buffer only: never waits for the peer
+            if event is not p.NEED_DATA:
+                self._stash = event
+        if type(self._stash) is p.StdinEnd:  # read_request_head may have stashed it already
             self.input_finished = True
-        self._stash = event
 
     # Channel for the handler
     def read_stdin(self) -> bytes:
@@ -624,6 +640,9 @@ class Worker:
 
     def _read_request_head(self, conn: Connection) -> Tuple[Optional[p.BeginRequest], Optional[p.Params]]:
         """Wait for BEGIN_REQUEST and the complete PARAMS; (None, None) if the peer closed."""
+        head = conn.read_request_head()
+        if head is not None:
+            return head
         begin: Optional[p.BeginRequest] = None
         while True:
             event = conn.next_event()
