@@ -4,6 +4,7 @@
     bench/.venv/bin/python bench/rss.py                       # flaskapp:app and apps:application, 3 runs
     bench/.venv/bin/python bench/rss.py --apps flaskapp:app -n 5
     bench/.venv/bin/python bench/rss.py --servers wsgi_fcgi --wsgi-fcgi-args=--preload
+    bench/.venv/bin/python bench/rss.py --src /tmp/snapshot     # wsgi_fcgi from another source tree
 
 Each run starts the server with 2 workers on a unix socket in a fresh temp
 dir (cwd bench/, so bench/*.py apps import), waits until the socket accepts,
@@ -140,12 +141,12 @@ def stop(proc: subprocess.Popen) -> None:
         return
 
 
-def measure(server: str, app: str, extra: List[str]) -> Dict[str, object]:
+def measure(server: str, app: str, extra: List[str], src: str) -> Dict[str, object]:
     tmp = tempfile.mkdtemp(prefix="wsgi_fcgi-rss-")
     sock = os.path.join(tmp, "backend.sock")
     argv = (wsgi_fcgi_argv if server == "wsgi_fcgi" else gunicorn_argv)(sock, app, extra)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(argv, cwd=str(BENCH), env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "log"), "w"),
                             start_new_session=True)
@@ -170,6 +171,8 @@ def main() -> int:
     parser.add_argument("-n", "--runs", type=int, default=3)
     parser.add_argument("--wsgi-fcgi-args", default="", help="extra arguments for wsgi_fcgi (one string)")
     parser.add_argument("--gunicorn-args", default="", help="extra arguments for gunicorn (one string)")
+    parser.add_argument("--src", default=str(REPO),
+                        help="directory holding the wsgi_fcgi package to measure (default: this checkout)")
     args = parser.parse_args()
     extra = {"wsgi_fcgi": args.wsgi_fcgi_args.split(), "gunicorn": args.gunicorn_args.split()}
     servers = args.servers.split(",")
@@ -178,7 +181,7 @@ def main() -> int:
         samples: Dict[str, List[Dict[str, object]]] = {s: [] for s in servers}
         for _ in range(args.runs):
             for server in servers:  # interleaved, so drifts hit both alike
-                samples[server].append(measure(server, app, extra[server]))
+                samples[server].append(measure(server, app, extra[server], args.src))
         for server in servers:
             runs = samples[server]
             m_rss = statistics.median(r["master"][0] for r in runs)  # type: ignore[index]
