@@ -5,6 +5,10 @@
     bench/.venv/bin/python bench/rss.py --apps flaskapp:app -n 5
     bench/.venv/bin/python bench/rss.py --servers wsgi_fcgi --wsgi-fcgi-args=--preload
     bench/.venv/bin/python bench/rss.py --src /tmp/snapshot     # wsgi_fcgi from another source tree
+    # without the editable install's import hook (it imports pathlib, urllib.parse, ipaddress at start-up):
+    "$(bench/.venv/bin/python -c 'import sys; print(sys._base_executable)')" -m venv --without-pip /tmp/bare
+    PYTHONPATH=$PWD/bench/.venv/lib/python3.11/site-packages \
+        bench/.venv/bin/python bench/rss.py --python /tmp/bare/bin/python
 
 Each run starts the server with 2 workers on a unix socket in a fresh temp
 dir (cwd bench/, so bench/*.py apps import), waits until the socket accepts,
@@ -44,14 +48,14 @@ SAMPLE_EVERY = 0.05  # ... taken this often (s)
 STOP_GRACE = 5.0
 
 
-def wsgi_fcgi_argv(sock: str, app: str, extra: List[str]) -> List[str]:
+def wsgi_fcgi_argv(python: str, sock: str, app: str, extra: List[str]) -> List[str]:
     # --allow-root: the bench runs as root (bench/run.py does the same)
-    return [PYTHON, "-m", "wsgi_fcgi", "--bind", f"unix:{sock}", "--workers", str(WORKERS),
+    return [python, "-m", "wsgi_fcgi", "--bind", f"unix:{sock}", "--workers", str(WORKERS),
             "--log-level", "warning", "--allow-root", *extra, app]
 
 
-def gunicorn_argv(sock: str, app: str, extra: List[str]) -> List[str]:
-    return [PYTHON, "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", str(WORKERS),
+def gunicorn_argv(python: str, sock: str, app: str, extra: List[str]) -> List[str]:
+    return [python, "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", str(WORKERS),
             "--worker-class", "sync", "--log-level", "warning", *extra, app]
 
 
@@ -141,10 +145,10 @@ def stop(proc: subprocess.Popen) -> None:
         return
 
 
-def measure(server: str, app: str, extra: List[str], src: str) -> Dict[str, object]:
+def measure(server: str, app: str, extra: List[str], src: str, python: str = PYTHON) -> Dict[str, object]:
     tmp = tempfile.mkdtemp(prefix="wsgi_fcgi-rss-")
     sock = os.path.join(tmp, "backend.sock")
-    argv = (wsgi_fcgi_argv if server == "wsgi_fcgi" else gunicorn_argv)(sock, app, extra)
+    argv = (wsgi_fcgi_argv if server == "wsgi_fcgi" else gunicorn_argv)(python, sock, app, extra)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(argv, cwd=str(BENCH), env=env, stdin=subprocess.DEVNULL,
@@ -173,6 +177,8 @@ def main() -> int:
     parser.add_argument("--gunicorn-args", default="", help="extra arguments for gunicorn (one string)")
     parser.add_argument("--src", default=str(REPO),
                         help="directory holding the wsgi_fcgi package to measure (default: this checkout)")
+    parser.add_argument("--python", default=PYTHON,
+                        help="interpreter for both servers (default: bench/.venv's); PYTHONPATH is kept")
     args = parser.parse_args()
     extra = {"wsgi_fcgi": args.wsgi_fcgi_args.split(), "gunicorn": args.gunicorn_args.split()}
     servers = args.servers.split(",")
@@ -181,7 +187,7 @@ def main() -> int:
         samples: Dict[str, List[Dict[str, object]]] = {s: [] for s in servers}
         for _ in range(args.runs):
             for server in servers:  # interleaved, so drifts hit both alike
-                samples[server].append(measure(server, app, extra[server], args.src))
+                samples[server].append(measure(server, app, extra[server], args.src, args.python))
         for server in servers:
             runs = samples[server]
             m_rss = statistics.median(r["master"][0] for r in runs)  # type: ignore[index]
