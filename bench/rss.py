@@ -11,9 +11,9 @@
         bench/.venv/bin/python bench/rss.py --python /tmp/bare/bin/python
 
 Each run starts the server with 2 workers on a unix socket in a fresh temp
-dir (cwd bench/, so bench/*.py apps import), waits until the socket accepts,
+dir (cwd bench/, so bench/*.py apps import), waits until the socket listens,
 both workers exist and their RSS has stopped changing (the app is imported
-after the fork, so "the socket accepts" is not enough), then reads Rss and
+after the fork, so "the socket listens" is not enough), then reads Rss and
 Pss from /proc/PID/smaps_rollup of the master and each worker. No request
 is sent: this is memory before the first request. Everything started is
 stopped by process group: SIGTERM, SIGKILL after a timeout.
@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -89,28 +88,28 @@ def vm_rss_kib(pid: int) -> int:
     return int(m.group(1)) if m else 0
 
 
-def accepts(path: str) -> bool:
-    if not os.path.exists(path):
-        return False
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+def listening(path: str) -> bool:
+    """Whether a unix socket is bound to ``path`` and listening, seen in /proc/net/unix:
+    a test connection would be accepted by a worker and touch its memory."""
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            fields = line.split(None, 7)
+            # Flags 00010000 is __SO_ACCEPTCON: listen() was called
+            if len(fields) == 8 and fields[7].strip() == path and int(fields[3], 16) & 0x10000:
+                return True
+    return False
 
 
 def wait_ready(proc: subprocess.Popen, sock: str) -> List[int]:
-    """The worker PIDs, once the socket accepts and both workers' RSS is steady."""
+    """The worker PIDs, once the socket listens and both workers' RSS is steady."""
     deadline = time.monotonic() + BOOT_DEADLINE
     history: Dict[int, List[int]] = {}
-    listening = False
+    is_listening = False
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
-        listening = listening or accepts(sock)
+        is_listening = is_listening or listening(sock)
         workers = children(proc.pid)
         for pid in workers:
             try:
@@ -120,10 +119,10 @@ def wait_ready(proc: subprocess.Popen, sock: str) -> List[int]:
         steady = [pid for pid in workers
                   if len(history.get(pid, [])) >= SETTLE_SAMPLES
                   and len(set(history[pid][-SETTLE_SAMPLES:])) == 1]
-        if listening and len(workers) == WORKERS and len(steady) == WORKERS:
+        if is_listening and len(workers) == WORKERS and len(steady) == WORKERS:
             return workers
         time.sleep(SAMPLE_EVERY)
-    raise RuntimeError(f"not ready after {BOOT_DEADLINE}s (listening={listening}, "
+    raise RuntimeError(f"not ready after {BOOT_DEADLINE}s (listening={is_listening}, "
                        f"workers={children(proc.pid)})")
 
 
