@@ -1183,3 +1183,29 @@ def test_body_read_to_its_end_is_complete_at_end_request() -> None:
     feed(conn, rec(FCGI_STDIN, 1, b"x") + rec(FCGI_STDIN, 1, b""), on_end=False)
     conn.end_request(1)
     assert conn.ended_input_complete
+
+
+def test_a_record_inside_one_received_chunk_is_handed_out_without_a_copy() -> None:
+    chunk = rec(FCGI_STDIN, 1, b"a" * 100) + rec(FCGI_STDIN, 1, b"b" * 50)
+    reader = RecordReader()
+    reader.feed(chunk)
+    first, second = reader.next_record(), reader.next_record()
+    assert first is not None and second is not None
+    assert isinstance(first.content, memoryview) and first.content.obj is chunk
+    assert second.content.obj is chunk and bytes(second.content) == b"b" * 50
+
+
+def test_a_record_across_chunks_is_joined_and_reading_goes_on_in_the_last_chunk() -> None:
+    wire = rec(FCGI_STDIN, 1, b"a" * 100) + rec(FCGI_STDIN, 1, b"b" * 50) + rec(FCGI_STDIN, 1, b"c" * 10)
+    head, tail = wire[:60], wire[60:]
+    reader = RecordReader()
+    reader.feed(head)
+    assert reader.next_record() is None
+    reader.feed(tail)
+    first, second, third = reader.next_record(), reader.next_record(), reader.next_record()
+    assert first is not None and bytes(first.content) == b"a" * 100
+    assert first.content.obj is not tail  # joined: the one copy of those bytes
+    assert second is not None and third is not None
+    assert bytes(second.content) == b"b" * 50 and bytes(third.content) == b"c" * 10
+    assert second.content.obj is third.content.obj  # the rest of the tail chunk, viewed in place
+    assert reader.next_record() is None and reader.buffered == 0

@@ -19,6 +19,7 @@ server knows the response is incomplete.
 from __future__ import annotations
 
 import io
+from collections import deque
 import logging
 import re
 import sys
@@ -26,7 +27,7 @@ import tempfile
 import time
 import traceback
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple, Type
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple, Type
 
 from . import protocol as p
 from .environ import build_environ
@@ -104,11 +105,17 @@ class InputStream:
     ``expected`` bytes, reading raises RequestBodyTruncated instead of
     returning a silently short body (the spec asks an updating responder to
     notice).
+
+    Chunks (usually memoryviews of received data) are queued as they are, and
+    each byte is copied once, into the ``bytes`` that a read returns: a chunk
+    that is exactly what a read asks for is returned (or copied) whole, several
+    are joined, a partly read one stays as a view of its rest.
     """
 
     def __init__(self, read_chunk: Callable[[], bytes], expected: Optional[int] = None) -> None:
         self._read_chunk = read_chunk
-        self._buffer = bytearray()
+        self._chunks: Deque[Any] = deque()
+        self._buffered = 0
         self._eof = False
         self._received = 0
         self._expected = expected
@@ -119,7 +126,7 @@ class InputStream:
         return self._eof
 
     def _fill(self) -> bool:
-        """Read one more chunk into the buffer; False at the end of the stream."""
+        """Read one more chunk into the queue; False at the end of the stream."""
         if self._eof:
             return False
         chunk = self._read_chunk()
@@ -130,25 +137,60 @@ class InputStream:
                     f"request body ended after {self._received} of {self._expected} bytes")
             return False
         self._received += len(chunk)
-        self._buffer += chunk
+        self._buffered += len(chunk)
+        self._chunks.append(chunk)
         return True
 
     def _take(self, size: int) -> bytes:
-        buf = self._buffer
-        if size >= len(buf):
-            data = bytes(buf)
-            buf.clear()
-        else:
-            data = bytes(buf[:size])
-            del buf[:size]
-        return data
+        """The next ``size`` buffered bytes (at most what is buffered), as bytes."""
+        size = min(size, self._buffered)
+        if size <= 0:
+            return b""
+        chunks = self._chunks
+        self._buffered -= size
+        first = chunks[0]
+        if len(first) == size:
+            chunks.popleft()
+            return bytes(first)  # the whole chunk: one copy, none if it is bytes already
+        parts = []
+        while size:
+            chunk = chunks[0]
+            if len(chunk) <= size:
+                parts.append(chunks.popleft())
+                size -= len(chunk)
+            else:
+                view = memoryview(chunk)
+                parts.append(view[:size])
+                chunks[0] = view[size:]
+                size = 0
+        return b"".join(parts)
+
+    def _find_newline(self, start: int, limit: int) -> int:
+        """The length of the first line among the first ``limit`` buffered bytes
+        (up to and including its newline), or -1; the first ``start`` bytes are
+        known to hold none. Chunks become bytes to be searched: readline is for
+        line-based parsers, not the bulk path."""
+        chunks = self._chunks
+        seen = 0
+        for index, chunk in enumerate(chunks):
+            if seen >= limit:
+                break
+            length = len(chunk)
+            if seen + length > start:
+                if type(chunk) is not bytes:
+                    chunk = chunks[index] = bytes(chunk)
+                found = chunk.find(b"\n", max(0, start - seen), limit - seen)
+                if found >= 0:
+                    return seen + found + 1
+            seen += length
+        return -1
 
     def read(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0:
             while self._fill():
                 pass
-            return self._take(len(self._buffer))
-        while len(self._buffer) < size and self._fill():
+            return self._take(self._buffered)
+        while self._buffered < size and self._fill():
             pass
         return self._take(size)
 
@@ -156,14 +198,14 @@ class InputStream:
         limit = sys.maxsize if size is None or size < 0 else size
         start = 0
         while True:
-            newline = self._buffer.find(b"\n", start, limit)
-            if newline >= 0:
-                return self._take(newline + 1)
-            if len(self._buffer) >= limit:
+            end = self._find_newline(start, limit)
+            if end >= 0:
+                return self._take(end)
+            if self._buffered >= limit:
                 return self._take(limit)
-            start = len(self._buffer)
+            start = self._buffered
             if not self._fill():
-                return self._take(min(limit, len(self._buffer)))
+                return self._take(limit)
 
     def readlines(self, hint: Optional[int] = -1) -> List[bytes]:
         lines: List[bytes] = []

@@ -24,7 +24,8 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from collections import deque
+from typing import Any, Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 # --- constants (spec section 8) -------------------------------------------
 
@@ -105,7 +106,7 @@ class Record(NamedTuple):
 
     type: int
     request_id: int
-    content: bytes
+    content: Any  # bytes-like, usually a memoryview of the received data
 
 
 @dataclass
@@ -292,7 +293,7 @@ def decode_pairs(content: bytes, limits: Optional[Limits] = None) -> List[Tuple[
     # Lengths are read from the bytes (indexing gives ints); names and values are
     # sliced from one latin-1 decode of the whole stream (one code point per byte),
     # so no pair is decoded on its own. Running off the end shows up as IndexError.
-    text = content.decode("latin-1")
+    text = str(content, "latin-1")  # content may be any bytes-like object (a record's memoryview)
     data = content
     end = len(data)
     pos = 0
@@ -345,24 +346,33 @@ _DEFAULT_LIMITS = Limits()
 class RecordReader:
     """Turns a byte stream, split anywhere, into ``Record`` objects.
 
-    The buffer is the received ``bytes`` plus a read offset: when a recv holds
-    whole records (a GET from nginx is one segment) nothing is copied but each
-    record's content, and nothing is moved as records are taken.
+    Strategy: one copy at most for any byte. The buffer is one received chunk
+    plus a read offset; a record that lies inside it is handed out as a
+    memoryview of it (a GET from nginx is one segment: nothing is copied or
+    moved). Chunks received while a record is still incomplete wait in a queue
+    untouched; once they complete it, only that record's bytes are joined, and
+    reading goes on in the queued chunk where the record ended.
+
+    A record's content is a read-only bytes-like object (usually a memoryview):
+    it keeps its received chunk alive, so consumers copy what they keep.
     """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer: Any = b""  # bytes, or a memoryview of the tail of a received chunk
         self._offset = 0
+        self._queue: Deque[Any] = deque()  # chunks received behind an incomplete record
+        self._queued = 0
         self._eof = False
 
     def feed(self, data: bytes) -> None:
         """Append received bytes; ``b""`` means the peer closed its side."""
         if not data:
             self._eof = True
-        elif self._offset >= len(self._buffer):
-            self._buffer, self._offset = bytes(data), 0
+        elif self._offset >= len(self._buffer) and not self._queue:
+            self._buffer, self._offset = bytes(data), 0  # no copy when data is bytes
         else:
-            self._buffer, self._offset = self._buffer[self._offset:] + data, 0
+            self._queue.append(bytes(data))
+            self._queued += len(data)
 
     @property
     def eof(self) -> bool:
@@ -370,27 +380,53 @@ class RecordReader:
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer) - self._offset
+        return len(self._buffer) - self._offset + self._queued
 
     def next_record(self) -> Optional[Record]:
         """The next complete record, or None if more bytes are needed."""
         buf, start = self._buffer, self._offset
         available = len(buf) - start
-        if available < FCGI_HEADER_LEN:
-            if self._eof and available:
-                raise IncompleteRecord("connection closed inside a record header")
+        if available >= FCGI_HEADER_LEN:
+            version, record_type, request_id, length, padding = HEADER.unpack_from(buf, start)
+            if version != FCGI_VERSION_1:
+                raise ProtocolError(f"unsupported FastCGI version {version}")
+            content_start = start + FCGI_HEADER_LEN
+            end = content_start + length + padding
+            if end <= len(buf):
+                self._offset = end
+                return Record(record_type, request_id, memoryview(buf)[content_start:content_start + length])
+            needed = end - start
+        elif not available and self._queue:  # the buffer is used up: go on in the next chunk
+            self._buffer, self._offset = self._queue.popleft(), 0
+            self._queued -= len(self._buffer)
+            return self.next_record()
+        else:
+            needed = FCGI_HEADER_LEN
+        if available + self._queued < needed:
+            if self._eof and available + self._queued:
+                raise IncompleteRecord("connection closed inside a record" if available >= FCGI_HEADER_LEN
+                                       else "connection closed inside a record header")
             return None
-        version, record_type, request_id, length, padding = HEADER.unpack_from(buf, start)
-        if version != FCGI_VERSION_1:
-            raise ProtocolError(f"unsupported FastCGI version {version}")
-        content_start = start + FCGI_HEADER_LEN
-        end = content_start + length + padding
-        if end > len(buf):
-            if self._eof:
-                raise IncompleteRecord("connection closed inside a record")
-            return None
-        self._offset = end
-        return Record(record_type, request_id, buf[content_start:content_start + length])
+        self._join(needed)
+        return self.next_record()
+
+    def _join(self, size: int) -> None:
+        """Make the buffer hold exactly the next ``size`` bytes, taken from its rest
+        and the queue; only those bytes are copied."""
+        pieces = [memoryview(self._buffer)[self._offset:]]
+        missing = size - len(pieces[0])
+        queue = self._queue
+        while missing > 0:
+            chunk = queue[0]
+            if len(chunk) <= missing:
+                pieces.append(queue.popleft())
+                missing -= len(chunk)
+            else:
+                pieces.append(memoryview(chunk)[:missing])
+                queue[0] = memoryview(chunk)[missing:]
+                missing = 0
+        self._queued -= size - len(pieces[0])
+        self._buffer, self._offset = b"".join(pieces), 0
 
 
 # --- application side ----------------------------------------------------------
@@ -469,8 +505,8 @@ class ServerConnection:
         returned for it (the BeginRequest, the Params and whether the StdinEnd
         came too), leaving the same state behind. For anything else -- no active
         request allowed, a record not yet complete, a management record, an
-        unsupported role, PARAMS over the limit -- it returns None and takes
-        nothing, and ``next_event`` handles it the general way. Tests pin the two
+        unsupported role, PARAMS over the limit or malformed -- it returns None
+        and takes nothing, and ``next_event`` handles it the general way. Tests pin the two
         paths to the same results for every split of real requests.
         """
         if self._active is not None:
@@ -503,7 +539,10 @@ class ServerConnection:
             if size > self.limits.max_params_bytes:
                 return None
             chunks.append(buf[start:start + length])
-        pairs = decode_pairs(chunks[0] if len(chunks) == 1 else b"".join(chunks), self.limits)
+        try:
+            pairs = decode_pairs(b"".join(chunks), self.limits)
+        except ProtocolError:
+            return None  # next_event raises it, after the BeginRequest event, as always
         active = self._active = _ActiveRequest(rid, role, params_done=True)
         if end - pos >= FCGI_HEADER_LEN:  # the empty STDIN record of a request without a body
             version, rtype, record_id, length, padding = HEADER.unpack_from(buf, pos)
@@ -643,9 +682,9 @@ class ClientConnection:
             return ConnectionClosed() if self._reader.eof else NEED_DATA
         rtype = record.type
         if rtype == FCGI_STDOUT:
-            return Stdout(record.request_id, record.content)
+            return Stdout(record.request_id, bytes(record.content))
         if rtype == FCGI_STDERR:
-            return Stderr(record.request_id, record.content)
+            return Stderr(record.request_id, bytes(record.content))
         if rtype == FCGI_END_REQUEST:
             if len(record.content) != END_REQUEST_BODY.size:
                 raise ProtocolError("END_REQUEST body is not 8 bytes")
