@@ -149,6 +149,7 @@ def measure(server: str, app: str, extra: List[str], src: str, python: str = PYT
     sock = os.path.join(tmp, "backend.sock")
     argv = (wsgi_fcgi_argv if server == "wsgi_fcgi" else gunicorn_argv)(python, sock, app, extra)
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as deployed: see compile_sources()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(argv, cwd=str(BENCH), env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "log"), "w"),
@@ -166,6 +167,16 @@ def measure(server: str, app: str, extra: List[str], src: str, python: str = PYT
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def compile_sources(python: str, src: str, apps: List[str]) -> None:
+    """Write the bytecode caches first, as pip does at install time. A process that
+    compiles wsgi_fcgi from source (PYTHONDONTWRITEBYTECODE=1, or a new snapshot)
+    leaves the compiler's garbage in the master's heap: 2.3 MiB more in every worker."""
+    files = [str(BENCH / f"{app.split(':')[0]}.py") for app in apps]
+    files = [f for f in files if os.path.exists(f)]
+    subprocess.run([python, "-m", "compileall", "-q", os.path.join(src, "wsgi_fcgi"), *files], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--apps", default="flaskapp:app,apps:application",
@@ -181,6 +192,7 @@ def main() -> int:
     args = parser.parse_args()
     extra = {"wsgi_fcgi": args.wsgi_fcgi_args.split(), "gunicorn": args.gunicorn_args.split()}
     servers = args.servers.split(",")
+    compile_sources(args.python, args.src, args.apps.split(","))
     rows = []
     for app in args.apps.split(","):
         samples: Dict[str, List[Dict[str, object]]] = {s: [] for s in servers}
