@@ -13,10 +13,11 @@
 Each run starts the server with 2 workers on a unix socket in a fresh temp
 dir (cwd bench/, so bench/*.py apps import), waits until the socket listens,
 both workers exist and their RSS has stopped changing (the app is imported
-after the fork, so "the socket listens" is not enough), then reads Rss and
-Pss from /proc/PID/smaps_rollup of the master and each worker. No request
-is sent: this is memory before the first request. Everything started is
-stopped by process group: SIGTERM, SIGKILL after a timeout.
+after the fork, so "the socket listens" is not enough), then reads Rss, Pss
+and USS (Private_Clean + Private_Dirty) from /proc/PID/smaps_rollup of the
+master and each worker. No request is sent: this is memory before the first
+request. Everything started is stopped by process group: SIGTERM, SIGKILL
+after a timeout.
 
 The table gives medians over the runs, in MiB. Standard library only.
 """
@@ -73,14 +74,15 @@ def children(pid: int) -> List[int]:
     return sorted(out)
 
 
-def memory(pid: int) -> Tuple[float, float]:
-    """(RSS, PSS) in MiB."""
+def memory(pid: int) -> Tuple[float, float, float]:
+    """(RSS, PSS, USS) in MiB. USS, the pages no other process maps, does not
+    move when unrelated processes start or stop sharing libpython; PSS does."""
     text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    values = []
-    for key in ("Rss", "Pss"):
+    kib = {}
+    for key in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
         m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
-        values.append(int(m.group(1)) / 1024 if m else 0.0)
-    return values[0], values[1]
+        kib[key] = int(m.group(1)) if m else 0
+    return kib["Rss"] / 1024, kib["Pss"] / 1024, (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -205,14 +207,16 @@ def main() -> int:
             m_pss = statistics.median(r["master"][1] for r in runs)  # type: ignore[index]
             w_rss = [w[0] for r in runs for w in r["workers"]]  # type: ignore[attr-defined]
             w_pss = [w[1] for r in runs for w in r["workers"]]  # type: ignore[attr-defined]
+            w_uss = [w[2] for r in runs for w in r["workers"]]  # type: ignore[attr-defined]
             rows.append((app, server + (" " + " ".join(extra[server]) if extra[server] else ""),
                          m_rss, m_pss, statistics.median(w_rss), min(w_rss), max(w_rss),
-                         statistics.median(w_pss)))
+                         statistics.median(w_pss), statistics.median(w_uss)))
     print(f"{args.runs} run(s) each, {WORKERS} workers, idle before the first request; MiB, medians\n")
-    print("| app | server | master RSS | master PSS | worker RSS | worker RSS min–max | worker PSS |")
-    print("|---|---|---|---|---|---|---|")
-    for app, server, m_rss, m_pss, w_rss, w_min, w_max, w_pss in rows:
-        print(f"| {app} | {server} | {m_rss:.1f} | {m_pss:.1f} | {w_rss:.1f} | {w_min:.1f}–{w_max:.1f} | {w_pss:.1f} |")
+    print("| app | server | master RSS | master PSS | worker RSS | worker RSS min–max | worker PSS | worker USS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for app, server, m_rss, m_pss, w_rss, w_min, w_max, w_pss, w_uss in rows:
+        print(f"| {app} | {server} | {m_rss:.1f} | {m_pss:.1f} | {w_rss:.1f} | {w_min:.1f}–{w_max:.1f} | {w_pss:.1f} "
+              f"| {w_uss:.1f} |")
     return 0
 
 
