@@ -219,6 +219,37 @@ def test_large_download_arrives_intact(server: Any) -> None:
     assert len(response.body) == size and response.body == expected
 
 
+FILE_DATA = bytes(range(251)) * 12_600  # 3,162,600 bytes: not a multiple of the record size
+
+
+@pytest.mark.parametrize(("offset", "length"), [
+    (0, None), (1, None), (0, 0), (0, 1), (0, 65528), (0, 65529), (7, 3 * 65528 + 5), (0, len(FILE_DATA) + 100),
+    (len(FILE_DATA), None),
+])
+def test_file_wrapper_sends_the_file_from_its_position(server: Any, tmp_path: Path, offset: int,
+                                                       length: Any) -> None:
+    # Sent with os.sendfile in records the peer reassembles: the body must be exact,
+    # from the file's position, and cut at a declared Content-Length.
+    path = tmp_path / "data.bin"
+    path.write_bytes(FILE_DATA)
+    srv = server()
+    query = f"/file?path={path}&offset={offset}" + ("" if length is None else f"&length={length}")
+    with Client(srv.address, timeout=30, keep_conn=True) as client:
+        response = client.request(query)
+        expected = FILE_DATA[offset:] if length is None else FILE_DATA[offset:offset + length]
+        assert response.status == 200 and len(response.body) == len(expected) and response.body == expected
+        # the framing ended cleanly: the kept connection serves the next request
+        assert client.request("/hello").body == b"Hello, World!"
+
+
+def test_file_wrapper_answers_head_without_the_file(server: Any, tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(FILE_DATA)
+    srv = server()
+    response = Client(srv.address, timeout=10).request(f"/file?path={path}&length=100", method="HEAD")
+    assert response.status == 200 and response.body == b"" and response.header("Content-Length") == "100"
+
+
 def test_write_callable(server: Any) -> None:
     srv = server()
     assert Client(srv.address, timeout=10).request("/write").body == b"written returned"

@@ -19,6 +19,8 @@ server knows the response is incomplete.
 from __future__ import annotations
 
 import io
+import os
+import stat
 from collections import deque
 import logging
 import re
@@ -27,7 +29,7 @@ import tempfile
 import time
 import traceback
 from types import TracebackType
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple, Type
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Set, Tuple, Type
 
 from . import protocol as p
 from .environ import build_environ
@@ -41,6 +43,7 @@ WSGIApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
 
 SPOOL_THRESHOLD = 1024 * 1024  # bodies of unknown length: memory up to here, then a temp file
 FILE_BLOCK_SIZE = 65535
+FILE_RECORD_SIZE = 65528  # the largest multiple of 8 a record can hold
 MERGE_LIMIT = 65536  # a first body chunk up to this size shares the header block's record
 
 _STATUS_RE = re.compile(r"[0-9]{3}( [\t\x20-\x7e\x80-\xff]*)?")
@@ -93,6 +96,10 @@ class Channel(Protocol):
 
     def end_request(self, app_status: int) -> bytes:
         """The END_REQUEST record for this request."""
+
+    # Optional: a channel on a socket may also offer
+    # send_file(fd, offset, count) -> None: exactly ``count`` bytes of the file at
+    # ``offset`` straight to the peer (os.sendfile), for wsgi.file_wrapper.
 
 
 # --- wsgi.input ------------------------------------------------------------------
@@ -377,6 +384,8 @@ class RequestHandler:
             result = self.app(environ, response.start_response)
             if type(result) in (list, tuple):
                 response.write_all(result)
+            elif type(result) is FileWrapper and response.send_file(result.filelike):
+                pass
             else:
                 for chunk in result:
                     if chunk:
@@ -484,6 +493,44 @@ class Response:
             if self.remaining <= 0:
                 self._queue_end()
 
+    def send_file(self, filelike: Any) -> bool:
+        """wsgi.file_wrapper with a regular file: the body goes from the page cache
+        to the socket (os.sendfile), from the file's current position to its end or
+        to the declared Content-Length, in records of FILE_RECORD_SIZE bytes (a
+        multiple of 8: no padding between them). False when the channel or the
+        file cannot do that; the wrapper is then iterated like any response."""
+        send_file = getattr(self.channel, "send_file", None)
+        if send_file is None:
+            return False
+        try:
+            fd = filelike.fileno()
+            offset = filelike.tell()
+            info = os.fstat(fd)
+        except (AttributeError, OSError, ValueError):  # no descriptor (BytesIO), closed, ...
+            return False
+        if not stat.S_ISREG(info.st_mode) or type(fd) is not int:
+            return False
+        self.write(b"")  # the header block, in pending (it may decide to discard the body)
+        count = 0 if self.discard_body else max(0, info.st_size - offset)
+        if self.remaining is not None:
+            count = min(count, self.remaining)
+        rid = self.request_id
+        while count:
+            length = min(count, FILE_RECORD_SIZE)
+            self.pending.append(p.HEADER.pack(p.FCGI_VERSION_1, p.FCGI_STDOUT, rid, length, -length & 7))
+            self.flush()
+            send_file(fd, offset, length)
+            offset += length
+            count -= length
+            self.sent += length
+            if self.remaining is not None:
+                self.remaining -= length
+            if -length & 7:
+                self.pending.append(p.PADDING[:-length & 7])
+        if self.remaining is not None and self.remaining <= 0 and not self.ended:
+            self._queue_end()
+        return True
+
     def write_all(self, chunks: Iterable[bytes]) -> None:
         for chunk in chunks:
             self.write(chunk)
@@ -502,7 +549,7 @@ class Response:
         self.flush()
 
     def _queue_end(self) -> None:
-        self.pending.append(p.encode_record(p.FCGI_STDOUT, self.request_id))
+        self.pending.append(p.encode_end_of_stream(p.FCGI_STDOUT, self.request_id))
         self.pending.append(self.channel.end_request(0))
         self.ended = True
 
@@ -528,11 +575,11 @@ class Response:
         """The generic 500 (no traceback to the client); the traceback to FCGI_STDERR."""
         stderr = traceback_text.encode("utf-8", "replace")
         buffers = p.encode_stream(p.FCGI_STDERR, self.request_id, stderr)
-        buffers.append(p.encode_record(p.FCGI_STDERR, self.request_id))
+        buffers.append(p.encode_end_of_stream(p.FCGI_STDERR, self.request_id))
         self.status, self.headers, self.sent = "500 Internal Server Error", [], 21
         body = ERROR_500 if not self.is_head else ERROR_500[:ERROR_500.index(b"\r\n\r\n") + 4]
         buffers += p.encode_stream(p.FCGI_STDOUT, self.request_id, body)
-        buffers.append(p.encode_record(p.FCGI_STDOUT, self.request_id))
+        buffers.append(p.encode_end_of_stream(p.FCGI_STDOUT, self.request_id))
         buffers.append(self.channel.end_request(1))
         self.pending = []
         self.headers_sent = True
@@ -544,7 +591,7 @@ class Response:
         if self.is_head:
             cgi_response = cgi_response[:cgi_response.index(b"\r\n\r\n") + 4]
         buffers = p.encode_stream(p.FCGI_STDOUT, self.request_id, cgi_response)
-        buffers += [p.encode_record(p.FCGI_STDOUT, self.request_id), self.channel.end_request(0)]
+        buffers += [p.encode_end_of_stream(p.FCGI_STDOUT, self.request_id), self.channel.end_request(0)]
         try:
             self.channel.send(buffers)
         except ClientDisconnected:
@@ -560,7 +607,7 @@ class Response:
     def send_end_only(self) -> bool:
         """END_REQUEST after FCGI_ABORT_REQUEST; False if that send failed."""
         try:
-            self.channel.send([p.encode_record(p.FCGI_STDOUT, self.request_id), self.channel.end_request(0)])
+            self.channel.send([p.encode_end_of_stream(p.FCGI_STDOUT, self.request_id), self.channel.end_request(0)])
         except ClientDisconnected:
             return False
         return True
@@ -572,8 +619,12 @@ class Response:
 
 
 def _checked_status(status: Any) -> str:
+    if type(status) is str and status in _GOOD_STATUSES:
+        return status
     if not isinstance(status, str) or not _STATUS_RE.fullmatch(status):
         raise InvalidResponse(f"invalid status {status!r}: expected e.g. '200 OK'")
+    if type(status) is str and len(_GOOD_STATUSES) < _GOOD_NAMES_MAX:
+        _GOOD_STATUSES.add(status)
     return status
 
 
@@ -601,6 +652,7 @@ def _checked_headers(headers: Any) -> List[Tuple[str, str]]:
 # app sends the same dozen names again and again; the regex runs once each.
 _GOOD_NAMES: Dict[str, bool] = {}
 _GOOD_NAMES_MAX = 1024
+_GOOD_STATUSES: Set[str] = set()  # status lines already checked, the same way
 
 
 def _check_name(name: Any) -> None:

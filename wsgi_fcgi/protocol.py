@@ -69,7 +69,7 @@ BEGIN_REQUEST_BODY = struct.Struct("!HB5x")
 END_REQUEST_BODY = struct.Struct("!IB3x")
 UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
 
-_PADDING = bytes(7)
+PADDING = bytes(7)  # what records are padded with
 _APPLICATION_TYPES = frozenset(
     (FCGI_BEGIN_REQUEST, FCGI_ABORT_REQUEST, FCGI_END_REQUEST, FCGI_PARAMS,
      FCGI_STDIN, FCGI_STDOUT, FCGI_STDERR, FCGI_DATA)
@@ -218,7 +218,7 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     if length > MAX_CONTENT_LENGTH:
         raise ValueError("record content longer than 65535 bytes")
     padding = -length & 7
-    return HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding) + content + _PADDING[:padding]
+    return HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding) + content + PADDING[:padding]
 
 
 def encode_stream(record_type: int, request_id: int, data: bytes) -> List[bytes]:
@@ -233,7 +233,7 @@ def encode_stream(record_type: int, request_id: int, data: bytes) -> List[bytes]
     if total <= MAX_CONTENT_LENGTH:  # the common case: one record, no slicing
         padding = -total & 7
         header = HEADER.pack(FCGI_VERSION_1, record_type, request_id, total, padding)
-        return [header, data, _PADDING[:padding]] if padding else [header, data]
+        return [header, data, PADDING[:padding]] if padding else [header, data]
     out: List[bytes] = []
     view = memoryview(data)
     pos = 0
@@ -243,15 +243,22 @@ def encode_stream(record_type: int, request_id: int, data: bytes) -> List[bytes]
         out.append(HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding))
         out.append(view[pos:pos + length])  # type: ignore[arg-type]
         if padding:
-            out.append(_PADDING[:padding])
+            out.append(PADDING[:padding])
         pos += length
     return out
 
 
+@functools.lru_cache(maxsize=256)  # the same few (id, status) pairs, request after request
 def encode_end_request(request_id: int, app_status: int = 0,
                        protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
     return encode_record(FCGI_END_REQUEST, request_id,
                          END_REQUEST_BODY.pack(app_status & 0xFFFFFFFF, protocol_status))
+
+
+@functools.lru_cache(maxsize=256)
+def encode_end_of_stream(record_type: int, request_id: int) -> bytes:
+    """The empty record that ends a stream (STDOUT, STDERR, PARAMS, STDIN, DATA)."""
+    return encode_record(record_type, request_id)
 
 
 def encode_begin_request(request_id: int, role: int = FCGI_RESPONDER, keep_conn: bool = False) -> bytes:

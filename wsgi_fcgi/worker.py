@@ -188,6 +188,21 @@ class Connection:
         except (BrokenPipeError, ConnectionResetError, BlockingIOError) as exc:
             raise ClientDisconnected(f"sending the response failed: {exc.strerror or 'timed out'}") from None
 
+    def send_file(self, fd: int, offset: int, count: int) -> None:
+        """``count`` bytes of file ``fd`` from ``offset`` (wsgi.file_wrapper), by
+        os.sendfile: no copy through Python, and the stall timeout applies."""
+        if self._flags:
+            self._arm_stall_timeout()
+        try:
+            while count:
+                sent = os.sendfile(self.fd, fd, offset, count)
+                if not sent:
+                    raise OSError(f"the file ended {count} bytes before the size it had when the response began")
+                offset += sent
+                count -= sent
+        except (BrokenPipeError, ConnectionResetError, BlockingIOError) as exc:
+            raise ClientDisconnected(f"sending the response failed: {exc.strerror or 'timed out'}") from None
+
     def _send_rest(self, buffers: List[Any], sent: int) -> None:
         """The slow path of send(): a full socket buffer or more than MAX_IOV buffers."""
         if self._flags:

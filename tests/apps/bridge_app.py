@@ -87,6 +87,15 @@ def app(environ, start_response):
                 left -= len(block)
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
         return chunks()
+    if path == "/file":
+        # wsgi.file_wrapper over a file the test wrote: from ?offset, ?length as Content-Length
+        f = open(query["path"], "rb")
+        f.seek(int(query.get("offset", "0")))
+        headers = [("Content-Type", "application/octet-stream")]
+        if "length" in query:
+            headers.append(("Content-Length", query["length"]))
+        start_response("200 OK", headers)
+        return environ["wsgi.file_wrapper"](f)
     if path == "/error-before":
         raise RuntimeError("deliberate failure with a secret /srv/app/settings.py")
     if path == "/error-after":
