@@ -187,10 +187,12 @@ class Arbiter:
             code = self._preload()
             if code is not None:
                 return code
-        if self.app is not None:
-            # Keep the collector off the objects the workers inherit: touching
-            # their GC headers would copy the shared pages into every worker.
-            gc.freeze()
+        # Keep the collector off the objects the workers inherit (our modules, the
+        # standard library's, a preloaded app): a worker's full collection would
+        # write their GC headers and copy those pages into every worker. Measured
+        # in a forked child that imports the app and runs gc.collect(): private
+        # memory 5.5 -> 1.9 MiB for bench/apps.py, 18.6 -> 17.3 MiB for Flask.
+        gc.freeze()
         self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._install_signals()
         error_log.info("master %d: %s pool of %s%d worker(s) for %s on %s", os.getpid(), self.pool,
@@ -730,6 +732,7 @@ class Arbiter:
                 os.close(fd)
         self._wakeup_r = self._wakeup_w = self._report_r = self._report_w = -1
         self._remove_pidfile()
+        gc.unfreeze()  # serve() may return into a program that goes on
         if self._exit_code == 0:
             error_log.info("master %d: stopped", os.getpid())
 
