@@ -89,6 +89,16 @@ def main() -> None:
     rows.append(("parse 560-byte GET into events (ServerConnection, incl. decode_pairs)",
                  best_us(parse_get, 20000), "protocol.py"))
 
+    # 1b. the same bytes through the request-head fast path the worker tries first
+    def parse_get_fast() -> None:
+        conn = p.ServerConnection()
+        conn.receive_data(get)
+        conn.read_request_head()
+
+    if hasattr(p.ServerConnection, "read_request_head"):
+        rows.append(("the same through ServerConnection.read_request_head (fast path)",
+                     best_us(parse_get_fast, 20000), "protocol.py read_request_head"))
+
     # 2. PARAMS -> pairs
     rows.append(("decode_pairs (25 pairs, 3 repeated names)", best_us(lambda: p.decode_pairs(params_bytes), 20000),
                  "protocol.py decode_pairs"))
