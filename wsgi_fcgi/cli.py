@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -62,9 +61,20 @@ def _given(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    config, app_spec, check = read_settings(argv)
+    if check:
+        return check_config(config, app_spec)
+    return run(config, app_spec=app_spec)
+
+
+def read_settings(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str, bool]:
+    """(config, MODULE:APP, --check-config) from the defaults, the config file,
+    WSGI_FCGI_ARGS and ``argv``; exits 2 with a usage line when they do not hold.
+    The parser is gone once this returns, before the master starts serving and
+    forks workers."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    env_args = parser.parse_args(shlex.split(os.environ.get("WSGI_FCGI_ARGS", "")))
+    env_args = parser.parse_args(_split_env_args(os.environ.get("WSGI_FCGI_ARGS", "")))
     config = Config()
     app_spec = args.app or env_args.app
     try:
@@ -79,9 +89,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(exc))
     if not app_spec:
         parser.error("MODULE:APP is required (on the command line, or wsgi_app in the --config file)")
-    if args.check_config or env_args.check_config:
-        return check_config(config, app_spec)
-    return run(config, app_spec=app_spec)
+    return config, app_spec, bool(args.check_config or env_args.check_config)
+
+
+def _split_env_args(text: str) -> List[str]:
+    if not text.strip():
+        return []  # the usual case: no shlex in the master
+    import shlex
+
+    return shlex.split(text)
 
 
 def check_config(config: Config, app_spec: str) -> int:
