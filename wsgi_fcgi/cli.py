@@ -150,13 +150,16 @@ def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: O
     except OSError as exc:
         fail(f"cannot open a log file: {exc.filename}: {exc.strerror}")
         return EXIT_USAGE
-    from .cgi import ModeError, detect_mode, serve_cgi
+    if config.mode == "fastcgi" or (config.mode == "auto" and config.bind):
+        mode = "fastcgi"  # choose_mode's first answer, without loading cgi.py into the master and its workers
+    else:
+        from .cgi import ModeError, detect_mode
 
-    try:
-        mode = detect_mode(config, from_script=app is not None)
-    except ModeError as exc:
-        fail(str(exc))
-        return EXIT_USAGE
+        try:
+            mode = detect_mode(config, from_script=app is not None)
+        except ModeError as exc:
+            fail(str(exc))
+            return EXIT_USAGE
     refusal = root_refusal(config)
     if refusal:
         fail(refusal)
@@ -170,6 +173,8 @@ def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: O
             fail(f"--chdir {config.chdir}: {exc.strerror}")
             return EXIT_BOOT_ERROR
     if mode == "cgi":
+        from .cgi import serve_cgi
+
         return serve_cgi(config, app, app_spec)
     try:
         listeners, addresses, on_fd0 = open_listeners(config)
