@@ -11,8 +11,7 @@ file) or a Python value (from ``serve``) into the checked value, and raise
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from .logs import DEFAULT_ACCESS_FORMAT
 
@@ -148,8 +147,12 @@ _user = _account("user", _lookup_user)
 _group = _account("group", _lookup_group)
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
+    """One setting. A NamedTuple rather than a dataclass, here and in sockets.py,
+    privileges.py and manager.py: dataclasses imports inspect, ast, dis and
+    tokenize, about 0.7 MiB in every worker of an app that does not import them
+    itself, once protocol.py does without it too (bench/rss.py)."""
+
     name: str
     flags: Sequence[str]
     parse: Parser

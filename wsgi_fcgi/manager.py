@@ -30,7 +30,6 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
@@ -78,20 +77,25 @@ GRACEFUL = "graceful"
 QUICK = "quick"
 
 
-@dataclass
 class WorkerProcess:
-    """The master's view of one child."""
+    """The master's view of one child.
 
-    pid: int
-    slot: int
-    started: float
-    probe: bool = False  # ondemand start-up check: loads the app and exits 0
-    booted: bool = False  # reached its accept loop (its pid appeared in its slot)
-    old: bool = False  # from before a HUP: retired once the new generation is up
-    stop_reason: str = ""  # why we told it to stop ("" = we did not)
-    kill_at: float = 0.0  # SIGKILL if still alive then (0 = no deadline)
-    state: Optional[SlotState] = None  # last scoreboard reading, once booted
-    slow_reported: float = 0.0  # busy_since of the request last reported as slow
+    A plain class, not a dataclass: see config.Setting."""
+
+    __slots__ = ("pid", "slot", "started", "probe", "booted", "old", "stop_reason", "kill_at", "state",
+                 "slow_reported")
+
+    def __init__(self, pid: int, slot: int, started: float, probe: bool = False) -> None:
+        self.pid = pid
+        self.slot = slot
+        self.started = started
+        self.probe = probe  # ondemand start-up check: loads the app and exits 0
+        self.booted = False  # reached its accept loop (its pid appeared in its slot)
+        self.old = False  # from before a HUP: retired once the new generation is up
+        self.stop_reason = ""  # why we told it to stop ("" = we did not)
+        self.kill_at = 0.0  # SIGKILL if still alive then (0 = no deadline)
+        self.state: Optional[SlotState] = None  # last scoreboard reading, once booted
+        self.slow_reported = 0.0  # busy_since of the request last reported as slow
 
     @property
     def idle_since(self) -> Optional[float]:

@@ -9,14 +9,12 @@ FastCGI socket controls every request the app sees.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 from .config import Config
 
 
-@dataclass
-class Identity:
+class Identity(NamedTuple):
     """Who the workers run as."""
 
     uid: int

@@ -13,8 +13,7 @@ import errno
 import os
 import socket
 import stat
-from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 DEFAULT_TCP_ADDRESS = "127.0.0.1:9000"
 
@@ -23,8 +22,7 @@ class AddressError(ValueError):
     """A bind or connect address that cannot be used."""
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(NamedTuple):
     family: int
     # unix: the path; inet: (host, port); fd: the descriptor number
     target: Union[str, Tuple[str, int], int]
