@@ -191,7 +191,17 @@ def main() -> None:
         conn = p.ServerConnection()
         it = iter(recvs)
 
+        fast = getattr(conn, "read_stdin_chunk", None)  # the worker's body fast path, where there is one
+
         def read_chunk() -> bytes:
+            while fast is not None:
+                chunk = fast()
+                if chunk is p.NEED_DATA:
+                    conn.receive_data(next(it))
+                elif chunk is not None:
+                    return chunk  # type: ignore[no-any-return]
+                else:
+                    break
             while True:
                 event = conn.next_event()
                 if event is p.NEED_DATA:

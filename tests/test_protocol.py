@@ -918,7 +918,8 @@ class Driver:
     """Feeds a ServerConnection the way a worker would; the request ends after its last stream.
 
     With ``fast``, it first offers the buffer to ``read_request_head`` whenever no
-    request is active, as the worker does, and takes what that returns as events.
+    request is active, and to ``read_stdin_chunk`` while one is, as the worker
+    does, and takes what those return as events.
     """
 
     def __init__(self, fast: bool = False) -> None:
@@ -928,6 +929,7 @@ class Driver:
         self.role = FCGI_RESPONDER
         self.fast = fast
         self.fast_heads = 0  # requests whose head the fast path took
+        self.fast_chunks = 0  # STDIN records the body's fast path took
 
     def feed(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -940,6 +942,12 @@ class Driver:
                     self.take(head.params)
                     if head.stdin_done:
                         self.take(StdinEnd(head.begin.request_id))
+                    continue
+            if self.fast and self.conn.active_request_id is not None:
+                chunk = self.conn.read_stdin_chunk()
+                if chunk is not None and chunk is not NEED_DATA:  # NEED_DATA: next_event says so too
+                    self.fast_chunks += 1
+                    self.take(StdinData(self.conn.active_request_id, chunk))
                     continue
             event = self.conn.next_event()
             self.sent += self.conn.data_to_send()
@@ -1037,10 +1045,42 @@ def test_fast_request_head_takes_what_real_web_servers_send() -> None:
                 + b"".join(p.encode_stream(FCGI_STDIN, 1, body)) + rec(FCGI_STDIN, 1))
         fast = run_split(wire, [], fast=True)
         assert fast.fast_heads == 1, fixture.id  # one segment: the fast path takes it
+        assert fast.fast_chunks == (len(body) + 65534) // 65535, fixture.id  # and every body record
         assert fast.events == run_split(wire, [], fast=False).events, fixture.id
         assert fast.events[1] == Params(1, fixture.pairs), fixture.id
         for cut in range(1, len(wire), 97):  # split anywhere: fast or not, the same events
             assert run_split(wire, [cut], fast=True).events == fast.events, (fixture.id, cut)
+
+
+@pytest.mark.parametrize("name, wire", [
+    ("STDIN for another request id", begin(1) + params_stream(1, [(b"A", b"1")]) + rec(FCGI_STDIN, 2, b"other")
+     + rec(FCGI_STDIN, 1, b"mine") + rec(FCGI_STDIN, 1)),
+    ("STDIN before the end of PARAMS", begin(1) + rec(FCGI_PARAMS, 1, encode_pairs([(b"A", b"1")]))
+     + rec(FCGI_STDIN, 1, b"early")),
+    ("STDIN after its end", begin(1) + params_stream(1, [(b"A", b"1")]) + rec(FCGI_STDIN, 1)
+     + rec(FCGI_STDIN, 1, b"late")),
+    ("STDIN after its end, FILTER role", begin(1, FCGI_FILTER) + params_stream(1, [(b"A", b"1")])
+     + rec(FCGI_STDIN, 1) + rec(FCGI_STDIN, 1, b"late")),
+    ("DATA before the end of STDIN", begin(1, FCGI_FILTER) + params_stream(1, [(b"A", b"1")])
+     + rec(FCGI_DATA, 1, b"early")),
+    ("DATA in the FILTER role", begin(1, FCGI_FILTER) + params_stream(1, [(b"A", b"1")]) + rec(FCGI_STDIN, 1, b"in")
+     + rec(FCGI_STDIN, 1) + rec(FCGI_DATA, 1, b"data") + rec(FCGI_DATA, 1)),
+    ("padded STDIN and an abort", begin(1) + params_stream(1, [(b"A", b"1")]) + rec(FCGI_STDIN, 1, b"x" * 9, 7)
+     + rec(FCGI_ABORT_REQUEST, 1)),
+])
+def test_fast_stdin_path_agrees_with_the_general_path_on_unusual_records(name: str, wire: bytes) -> None:
+    # Records arriving one by one (as when nginx streams an upload) reach the body's
+    # fast path while the request is in every state, not only right after its head.
+    for cuts in ([], record_boundaries(wire), list(range(1, len(wire)))):
+        assert outcome(wire, cuts, fast=True) == outcome(wire, cuts, fast=False), (name, cuts)
+
+
+def record_boundaries(wire: bytes) -> List[int]:
+    cuts, pos = [], 0
+    while pos + 8 <= len(wire):
+        pos += 8 + struct.unpack_from("!H", wire, pos + 4)[0] + wire[pos + 6]
+        cuts.append(pos)
+    return cuts
 
 
 def test_fast_request_head_leaves_unusual_heads_to_the_general_path() -> None:

@@ -400,7 +400,7 @@ class RecordReader:
             content_start = start + FCGI_HEADER_LEN
             end = content_start + length + padding
             if end <= len(buf):
-                self._offset = end
+                self.advance(end)
                 return Record(record_type, request_id, memoryview(buf)[content_start:content_start + length])
             needed = end - start
         elif not available and self._queue:  # the buffer is used up: go on in the next chunk
@@ -416,6 +416,16 @@ class RecordReader:
             return None
         self._join(needed)
         return self.next_record()
+
+    def advance(self, offset: int) -> None:
+        """Move the read offset (for ServerConnection's fast paths); a used-up
+        buffer is replaced by the next queued chunk at once, so that the fast
+        paths, which look at the buffer alone, see what follows."""
+        if offset < len(self._buffer) or not self._queue:
+            self._offset = offset
+        else:
+            self._buffer, self._offset = self._queue.popleft(), 0
+            self._queued -= len(self._buffer)
 
     def _join(self, size: int) -> None:
         """Make the buffer hold exactly the next ``size`` bytes, taken from its rest
@@ -557,9 +567,34 @@ class ServerConnection:
                     and pos + FCGI_HEADER_LEN + padding <= end:
                 pos += FCGI_HEADER_LEN + padding
                 active.stdin_done = True
-        reader._offset = pos
+        reader.advance(pos)
         return RequestHead(BeginRequest(rid, role, bool(flags & FCGI_KEEP_CONN)), Params(rid, pairs),
                            active.stdin_done)
+
+    def read_stdin_chunk(self) -> Any:
+        """The fast path for the body: the content of the next record when it is
+        a non-empty STDIN record of the active request (a memoryview, as a
+        StdinData event would carry); NEED_DATA when that record has not fully
+        arrived yet, or nothing has; None for anything else, which
+        ``next_event`` then handles. Pinned to the general path by the same
+        tests as ``read_request_head``."""
+        reader = self._reader
+        buf, pos = reader._buffer, reader._offset
+        if len(buf) - pos < FCGI_HEADER_LEN:
+            return NEED_DATA if not reader.buffered and not reader.eof else None
+        version, rtype, rid, length, padding = HEADER.unpack_from(buf, pos)
+        active = self._active
+        if rtype != FCGI_STDIN or not length or version != FCGI_VERSION_1 or active is None \
+                or rid != active.request_id or not active.params_done or active.stdin_done:
+            return None
+        size = FCGI_HEADER_LEN + length + padding
+        if pos + size > len(buf):  # the record goes on in chunks received after this one
+            if reader.buffered < size:
+                return NEED_DATA if not reader.eof else None
+            reader._join(size)
+            buf, pos = reader._buffer, 0
+        reader.advance(pos + size)
+        return memoryview(buf)[pos + FCGI_HEADER_LEN:pos + FCGI_HEADER_LEN + length]
 
     def data_to_send(self) -> bytes:
         """Replies the protocol layer produced on its own (management, rejections)."""

@@ -32,7 +32,7 @@ import sys
 import time
 import traceback
 from types import FrameType
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import protocol as p
 from .config import Config, parse_networks
@@ -147,13 +147,31 @@ class Connection:
 
     # Channel for the handler
     def read_stdin(self) -> bytes:
-        return self._read_stream(p.StdinData, p.StdinEnd)
+        return self._read_stream(p.StdinData, p.StdinEnd, self.proto.read_stdin_chunk)
 
     def read_data(self) -> bytes:
         return self._read_stream(p.DataData, p.DataEnd)
 
-    def _read_stream(self, chunk_type: type, end_type: type) -> bytes:
+    def _fast_chunk(self, read_chunk: Callable[[], Any]) -> Any:
+        """A body chunk through the protocol's fast path (receiving while it asks
+        for data), or None when the general path must take over."""
+        while self._stash is None:
+            chunk = read_chunk()
+            if chunk is not p.NEED_DATA:
+                return chunk
+            data = self._recv()
+            self.proto.receive_data(data)
+            if not data:
+                return None
+        return None
+
+    def _read_stream(self, chunk_type: type, end_type: type,
+                     fast: Optional[Callable[[], Any]] = None) -> bytes:
         try:
+            if fast is not None:
+                chunk = self._fast_chunk(fast)
+                if chunk is not None:
+                    return chunk  # type: ignore[no-any-return]
             event = self.next_event()
         except ReadTimeout:
             raise ClientDisconnected("the web server sent nothing within the read timeout") from None
