@@ -248,6 +248,28 @@ def test_ttin_adds_and_ttou_removes_workers_but_never_the_last(server):
     assert_no_zombies(srv)
 
 
+def test_a_worker_told_to_stop_while_it_is_being_forked_stops(server, tmp_path):
+    # Between fork() and the child's own signal handlers a TERM used to be lost (the
+    # new worker then served until --graceful-timeout). A preloaded app's at-fork
+    # hook holds every new child in that window for half a second.
+    (tmp_path / "slowfork_app.py").write_text(
+        "import os, time\n"
+        "os.register_at_fork(after_in_child=lambda: time.sleep(0.5))\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n")
+    srv = server("--workers", "1", "--preload", app="slowfork_app:app", pythonpath=[tmp_path])
+    first = wait_workers(srv, 1)
+    assert body(srv) == "ok"  # the first worker has booted: TTOU will pick the one booting
+    srv.send_signal(signal.SIGTTIN)
+    new = [pid for pid in wait_workers(srv, 2, what="2 workers after TTIN") if pid not in first]
+    srv.send_signal(signal.SIGTTOU)
+    wait_log(srv, f"retiring worker {new[0]}")
+    wait_for(lambda: new[0] not in children(srv.pid), timeout=5, what="the retired worker to exit")
+    assert children(srv.pid) == first
+    assert_no_zombies(srv)
+
+
 # --- replacing workers -------------------------------------------------------------------
 
 

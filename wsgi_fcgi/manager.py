@@ -548,9 +548,16 @@ class Arbiter:
         max_requests = self.config.max_requests
         if max_requests:
             max_requests += random.randint(0, self.config.max_requests_jitter)
+        # A signal the child gets before _become_child has replaced the master's
+        # handlers is lost: CPython drops those that arrive during fork, and the
+        # master's handler only queues. (Seen: TTOU right after TTIN, the new
+        # worker told to stop never stopped.) So they wait, blocked, until each
+        # side has the handlers it needs.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             self._free_slots.append(index)
             error_log.error("cannot start a worker: %s", exc.strerror or exc)
             self._boot_failures += 1
@@ -558,6 +565,7 @@ class Arbiter:
             return
         if pid == 0:
             self._worker_main(index, max_requests, probe)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.workers[pid] = WorkerProcess(pid, index, time.monotonic(), probe=probe)
         error_log.info("started %s %d", "a check that the app loads:" if probe else "worker", pid)
 
@@ -634,6 +642,7 @@ class Arbiter:
             signal.signal(sig, _exit_at_once)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal's hang-up is the master's business
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # its default would kill a booting worker
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # blocked since before the fork
         for fd in (self._wakeup_r, self._wakeup_w, self._report_r):
             os.close(fd)
         self._signals.clear()
