@@ -28,7 +28,6 @@ only when the path contains a ``%``.
 
 from __future__ import annotations
 
-from typing import cast
 from urllib.parse import unquote_to_bytes
 
 __all__ = ["build_environ"]
@@ -132,7 +131,7 @@ def build_environ(
     if "FCGI_ROLE" not in env:
         env["FCGI_ROLE"] = _ROLE_NAMES.get(role) or str(role)
 
-    environ = cast("dict[str, object]", env)  # from here on not all values are str
+    environ: dict[str, object] = env  # type: ignore[assignment]  # from here on not all values are str
     environ.update(_WSGI_TEMPLATE)
     if is_https:
         environ["wsgi.url_scheme"] = "https"

@@ -314,7 +314,7 @@ class RequestHandler:
     def handle(self, channel: Channel, request_id: int, role: int, pairs: List[Tuple[str, str]]) -> bool:
         """Run one request to completion. False when the connection can no
         longer be used (peer gone, or cut after an app error)."""
-        started = time.monotonic()
+        started = time.monotonic() if self.access_log is not None else 0.0
         environ = build_environ(pairs, script_name=self.script_name, role=role,
                                 multiprocess=self.multiprocess)
         response = Response(channel, request_id, role, environ.get("REQUEST_METHOD") == "HEAD")

@@ -320,6 +320,7 @@ class Worker:
         self.max_idle_connections = max_idle_connections
         self.allowed_peers = PeerFilter(allowed_peers)
         self.listeners = {sock.fileno(): sock for sock in listeners}
+        self._families = {sock: sock.family for sock in listeners}  # the property builds an enum each time
         self.max_requests = max_requests
         self.read_timeout = read_timeout
         self._timeval = _timeval(read_timeout) if read_timeout > 0 else b""
@@ -501,7 +502,7 @@ class Worker:
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                 return True
             raise
-        sock = _socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
+        sock = _socket.socket(self._families[listener], socket.SOCK_STREAM, 0, fd)
         if not self.allowed_peers.allows(peer):
             sock.close()
             return True
