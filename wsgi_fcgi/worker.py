@@ -43,7 +43,8 @@ from .status import ping_page, status_page
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
-RECV_SIZE = 64 * 1024  # below malloc's mmap threshold: no mmap/munmap per recv
+RECV_SIZE = 64 * 1024  # a request head, or a record
+BODY_RECV_SIZE = 256 * 1024  # while a body streams in: fewer recv calls (heap-allocated, see _keep_freed_memory)
 MAX_IOV = 512  # buffers per sendmsg call, well under IOV_MAX (1024)
 LINGER_SECONDS = 2.0
 REFUSAL_LOG_INTERVAL = 60.0  # log a refused peer address at most once a minute
@@ -105,16 +106,16 @@ class Connection:
                 return event  # type: ignore[no-any-return]
             proto.receive_data(self._recv())
 
-    def _recv(self) -> bytes:
+    def _recv(self, size: int = RECV_SIZE) -> bytes:
         try:
-            return self.sock.recv(RECV_SIZE, self._flags)
+            return self.sock.recv(size, self._flags)
         except BlockingIOError:
             if not self._flags:
                 raise ReadTimeout() from None  # SO_RCVTIMEO expired
         except ConnectionResetError:
             return b""
         self._arm_stall_timeout()
-        return self._recv()
+        return self._recv(size)
 
     def read_request_head(self) -> Optional[Tuple[p.BeginRequest, p.Params]]:
         """BEGIN_REQUEST and PARAMS through the protocol's fast path, reading once
@@ -159,7 +160,7 @@ class Connection:
             chunk = read_chunk()
             if chunk is not p.NEED_DATA:
                 return chunk
-            data = self._recv()
+            data = self._recv(BODY_RECV_SIZE)
             self.proto.receive_data(data)
             if not data:
                 return None
