@@ -8,7 +8,7 @@ Python for the bench workloads: parsing nginx's request bytes into events,
 decoding PARAMS, building the environ, running the handler (fake channel: the
 send costs nothing), and pushing 1 MiB of STDIN (32 KiB records, received 64
 KiB at a time) through the framing layer and wsgi.input. The "prototype" rows
-are small stand-alone versions of the proposals in README.md, to show what
+are small stand-alone sketches of alternatives (see README.md), to show what
 each change could save. They are not wsgi_fcgi code. The socket syscalls are
 not here: see run.py --diag trace.
 
@@ -107,7 +107,7 @@ def main() -> None:
     # 3. pairs -> environ
     rows.append(("build_environ", best_us(lambda: build_environ(pairs), 20000), "environ.py build_environ"))
 
-    # prototype: decode straight into a dict, duplicates merged inline (proposal 5)
+    # prototype: decode straight into a dict, duplicates merged inline
     def decode_to_dict(content: bytes) -> Dict[str, str]:
         text = content.decode("latin-1")
         end = len(text)
@@ -140,7 +140,7 @@ def main() -> None:
         return env
 
     rows.append(("prototype: decode straight into a dict, merge duplicates inline",
-                 best_us(lambda: decode_to_dict(params_bytes), 20000), "proposal 5"))
+                 best_us(lambda: decode_to_dict(params_bytes), 20000), "sketch, not wsgi_fcgi code"))
 
     # 4. the handler, fake channel
     handler = RequestHandler(apps.application)
@@ -180,7 +180,7 @@ def main() -> None:
         rows.append(("Flask app alone, wsgi_fcgi's environ (no CONTENT_TYPE/LENGTH)",
                      best_us(flask_call(flask_env), 5000), "environ.py:100-108"))
         rows.append(("Flask app alone, CONTENT_TYPE='' CONTENT_LENGTH='' kept as nginx sent them",
-                     best_us(flask_call(kept), 5000), "proposal 6"))
+                     best_us(flask_call(kept), 5000), "environ.py: the empty values nginx sends"))
 
     # 5. 1 MiB of STDIN through framing + wsgi.input, as nginx sends it
     body = 1 << 20
@@ -223,7 +223,7 @@ def main() -> None:
     rows.append(("1 MiB STDIN: ServerConnection + InputStream.read(64 KiB)", best_us(stdin_through_framing, 200),
                  "protocol.py RecordReader, handler.py InputStream"))
 
-    # prototype: parse records out of one buffer with memoryviews, one copy per byte (proposal 2)
+    # prototype: parse records out of one buffer with memoryviews, one copy per byte
     header = struct.Struct("!BBHHBx")
 
     def stdin_prototype() -> int:
@@ -247,7 +247,7 @@ def main() -> None:
         return total
 
     rows.append(("prototype: recv_into one buffer, memoryview records, one copy per byte",
-                 best_us(stdin_prototype, 200), "proposal 2"))
+                 best_us(stdin_prototype, 200), "sketch, not wsgi_fcgi code"))
 
     # 6. one whole request in-process: accept, Connection, parse, handler, sendmsg, close
     #    (Worker._accept on a real unix socket; the client side is timed apart and subtracted)
