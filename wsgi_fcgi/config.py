@@ -228,7 +228,8 @@ SETTINGS: List[Setting] = [
             metavar="J", section="workers"),
     # --- connections and limits
     Setting("read_timeout", ("--read-timeout",), _seconds, 30.0,
-            "Close a connection whose peer sends nothing for this long in the middle of a request.",
+            "Close a connection whose peer sends nothing, or takes none of the response, for this long in the "
+            "middle of a request.",
             metavar="S", section="limits"),
     Setting("keepalive_timeout", ("--keepalive-timeout",), _seconds, 60.0,
             "Close a kept-alive (FCGI_KEEP_CONN) connection idle for this long.",
