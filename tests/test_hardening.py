@@ -327,6 +327,8 @@ def _serve_many(address: str, count: int, keep_conn: bool) -> None:
             events = read_events(conn, lambda e: isinstance(e, p.EndRequest))
             assert isinstance(events[-1], p.EndRequest)
             if not keep_conn:
+                # Wait for the server's close: counting its descriptors before that races with it.
+                assert conn.recv(65536) == b""
                 conn.close()
     finally:
         if sock is not None:
