@@ -403,10 +403,6 @@ class RecordReader:
                 self.advance(end)
                 return Record(record_type, request_id, memoryview(buf)[content_start:content_start + length])
             needed = end - start
-        elif not available and self._queue:  # the buffer is used up: go on in the next chunk
-            self._buffer, self._offset = self._queue.popleft(), 0
-            self._queued -= len(self._buffer)
-            return self.next_record()
         else:
             needed = FCGI_HEADER_LEN
         if available + self._queued < needed:
@@ -418,7 +414,7 @@ class RecordReader:
         return self.next_record()
 
     def advance(self, offset: int) -> None:
-        """Move the read offset (for ServerConnection's fast paths); a used-up
+        """Move the read offset past a record; a used-up
         buffer is replaced by the next queued chunk at once, so that the fast
         paths, which look at the buffer alone, see what follows."""
         if offset < len(self._buffer) or not self._queue:
