@@ -353,7 +353,9 @@ def test_worker_leaving_under_keepalive_load_fails_no_request(shared_dirs, reque
                         f"each ended 200)\nworkers started: {log.count('started worker')}")
         assert result.failed == 0, result.summary()
         if how == "max-requests":
-            assert log.count("recycling") >= 10, "the workers did not recycle under the load"
+            # Each recycle is logged once (a leaving worker that drains its kept
+            # connections no longer logs again for every request it serves then).
+            assert log.count("recycling") >= 2, "the workers did not recycle under the load"
         elif how == "hup":
             wait_for(lambda: len(children_of(server.pid)) == WORKERS and not before & set(children_of(server.pid)),
                      what="the old workers to be replaced")  # fmt: skip

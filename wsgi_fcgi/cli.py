@@ -207,5 +207,10 @@ def _serve_in_process(config: Config, listeners: List[Any], app: Optional[Callab
         except AppLoadError as exc:
             fail(f"cannot load the app: {exc}")
             return EXIT_APP_LOAD_ERROR
+    if config.threads > 1:
+        error_log.info("--threads %d on the socket a web server left on fd 0: Apache mod_fcgid sends one "
+                       "request at a time to each process it spawns, so there threads bring nothing "
+                       "(raise FcgidMaxProcesses instead); lighttpd and spawn-fcgi may send several",
+                       config.threads)
     Worker.from_config(app, listeners, config, max_requests=config.max_requests, pool_size=1).run()
     return 0

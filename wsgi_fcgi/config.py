@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 
 Parser = Callable[[Any], Any]
 
+MAX_THREADS = 1024  # per worker: far past any useful figure, and it bounds the scoreboard
+
 
 def _int_at_least(minimum: int) -> Parser:
     def parse(value: Any) -> int:
@@ -31,6 +33,17 @@ def _int_at_least(minimum: int) -> Parser:
             raise ValueError(f"{value!r} is not a whole number") from None
         if number < minimum:
             raise ValueError(f"{number} is less than {minimum}")
+        return number
+    return parse
+
+
+def _int_between(minimum: int, maximum: int) -> Parser:
+    at_least = _int_at_least(minimum)
+
+    def parse(value: Any) -> int:
+        number: int = at_least(value)
+        if number > maximum:
+            raise ValueError(f"{number} is more than {maximum}")
         return number
     return parse
 
@@ -203,6 +216,12 @@ SETTINGS: List[Setting] = [
     Setting("workers", ("-w", "--workers"), _int_at_least(1), None,
             "Number of worker processes (the maximum for dynamic and ondemand pools). "
             "Default: 1 when spawned by a web server on fd 0, else 2.",
+            metavar="N", section="workers"),
+    Setting("threads", ("--threads",), _int_between(1, MAX_THREADS), 1,
+            "Threads per worker process: each worker serves up to N requests at once, for apps that "
+            "spend their time waiting (a database, an HTTP API). 1: one request at a time per process, "
+            "no thread started. Under Apache mod_fcgid (spawned on fd 0) threads bring nothing: it "
+            "sends one request at a time per process.",
             metavar="N", section="workers"),
     Setting("pool", ("--pool",), _choice("static", "dynamic", "ondemand"), "static",
             "Pool sizing: static (always --workers), dynamic (keep --min-spare..--max-spare idle "

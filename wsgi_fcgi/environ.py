@@ -68,6 +68,7 @@ def build_environ(
     script_name: str | None = None,
     role: int = 1,
     multiprocess: bool = True,
+    multithread: bool = False,
 ) -> dict[str, object]:
     """Build a new PEP 3333 environ from FastCGI PARAMS.
 
@@ -137,6 +138,8 @@ def build_environ(
         environ["wsgi.url_scheme"] = "https"
     if not multiprocess:
         environ["wsgi.multiprocess"] = False
+    if multithread:
+        environ["wsgi.multithread"] = True
     return environ
 
 

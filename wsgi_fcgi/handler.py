@@ -298,25 +298,32 @@ class FileWrapper:
 # --- the request ------------------------------------------------------------------
 
 class RequestHandler:
-    """Calls one WSGI app for each request; one instance per worker."""
+    """Calls one WSGI app for each request; one instance per worker, shared by
+    its threads (``multithread``): it keeps no per-request state of its own."""
 
     def __init__(self, app: WSGIApp, *, script_name: Optional[str] = None, multiprocess: bool = True,
-                 limit_request_body: int = 0, access_log: Optional[AccessLog] = None,
+                 multithread: bool = False, limit_request_body: int = 0, access_log: Optional[AccessLog] = None,
                  pages: Optional[Dict[str, Callable[[Dict[str, Any]], Any]]] = None) -> None:
         self.app = app
         self.pages = pages or {}  # paths answered without calling the app: ping, status
         self.script_name = script_name
         self.multiprocess = multiprocess
+        self.multithread = multithread
         self.limit_request_body = limit_request_body
         self.access_log = access_log if access_log is not None and access_log.enabled else None
-        self.errors = ErrorStream()
+        # wsgi.errors buffers a partial line: one stream per request when requests run at once.
+        self.errors: Optional[ErrorStream] = None if multithread else ErrorStream()
+        # On a request thread no signal handler runs, so a SystemExit can only come
+        # from the app: it fails that request (500), not the thread. Without threads
+        # it is the worker's own quick stop (INT/QUIT) and must go through.
+        self._app_failures: Tuple[Type[BaseException], ...] = (Exception, SystemExit) if multithread else (Exception,)
 
     def handle(self, channel: Channel, request_id: int, role: int, pairs: List[Tuple[str, str]]) -> bool:
         """Run one request to completion. False when the connection can no
         longer be used (peer gone, or cut after an app error)."""
         started = time.monotonic() if self.access_log is not None else 0.0
         environ = build_environ(pairs, script_name=self.script_name, role=role,
-                                multiprocess=self.multiprocess)
+                                multiprocess=self.multiprocess, multithread=self.multithread)
         response = Response(channel, request_id, role, environ.get("REQUEST_METHOD") == "HEAD")
         try:
             return self._run(channel, role, environ, response)
@@ -336,7 +343,7 @@ class RequestHandler:
         except RequestBodyTooLarge as exc:
             error_log.warning("refused %s: %s (--limit-request-body)", _describe(environ), exc)
             return response.send_simple(ERROR_413)
-        environ["wsgi.errors"] = self.errors
+        environ["wsgi.errors"] = self.errors or ErrorStream()
         environ["wsgi.file_wrapper"] = FileWrapper
         try:
             self._call_app(environ, response)
@@ -394,14 +401,14 @@ class RequestHandler:
             response.finish()
         except ClientDisconnected:
             raise
-        except Exception:
+        except self._app_failures:
             self._app_error(environ, response, sys.exc_info())
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 try:
                     close()
-                except Exception:
+                except self._app_failures:
                     error_log.exception("error in close() of the response of %s", _describe(environ))
 
     def _app_error(self, environ: Dict[str, Any], response: Response, exc_info: Any) -> None:

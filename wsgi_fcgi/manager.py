@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Set, Tuple
 
 from .cli import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, fail
 from .config import Config
@@ -82,7 +82,7 @@ class WorkerProcess:
 
     A plain class, not a dataclass: see config.Setting."""
 
-    __slots__ = ("pid", "slot", "started", "probe", "booted", "old", "stop_reason", "kill_at", "state",
+    __slots__ = ("pid", "slot", "started", "probe", "booted", "old", "stop_reason", "kill_at", "threads",
                  "slow_reported")
 
     def __init__(self, pid: int, slot: int, started: float, probe: bool = False) -> None:
@@ -94,20 +94,25 @@ class WorkerProcess:
         self.old = False  # from before a HUP: retired once the new generation is up
         self.stop_reason = ""  # why we told it to stop ("" = we did not)
         self.kill_at = 0.0  # SIGKILL if still alive then (0 = no deadline)
-        self.state: Optional[SlotState] = None  # last scoreboard reading, once booted
-        self.slow_reported = 0.0  # busy_since of the request last reported as slow
+        self.threads: List[SlotState] = []  # last scoreboard reading, one per thread, once booted
+        self.slow_reported: Set[float] = set()  # busy_since of requests reported as slow
+
+    @property
+    def busy(self) -> List[SlotState]:
+        """Its threads' requests in progress."""
+        return [state for state in self.threads if state.busy_since]
 
     @property
     def idle_since(self) -> Optional[float]:
-        """When it became idle, or None while booting or busy."""
-        if self.state is None or self.state.busy_since:
+        """When its last request ended, or None while booting or busy."""
+        if not self.threads or self.busy:
             return None
-        return self.state.idle_since
+        return max(state.idle_since for state in self.threads)
 
     @property
     def spare(self) -> bool:
-        """Can take a new connection now or very soon (idle, or still booting)."""
-        return not self.booted or self.idle_since is not None
+        """Can take a new connection now or very soon (a thread idle, or still booting)."""
+        return not self.booted or len(self.busy) < len(self.threads)
 
 
 class Arbiter:
@@ -133,7 +138,9 @@ class Arbiter:
         self.pool: str = config.pool
         self.label = app_spec or _callable_name(app)
         self.workers: Dict[int, WorkerProcess] = {}
-        self.scoreboard = Scoreboard(max(MIN_SLOTS, 4 * workers), pool=self.pool, pool_size=workers)
+        self.threads = config.threads
+        self.scoreboard = Scoreboard(max(MIN_SLOTS, 4 * workers), pool=self.pool, pool_size=workers,
+                                     threads=self.threads)
         self._saturated = False  # every worker busy at the last look (for max_workers_reached)
         self._slow_after = config.slow_request_timeout
         self._free_slots = list(range(self.scoreboard.size - 1, -1, -1))
@@ -211,8 +218,9 @@ class Arbiter:
         gc.freeze()
         self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._install_signals()
-        error_log.info("master %d: %s pool of %s%d worker(s) for %s on %s", os.getpid(), self.pool,
-                       "up to " if self.pool != "static" else "", self.target, self.label,
+        error_log.info("master %d: %s pool of %s%d worker(s)%s for %s on %s", os.getpid(), self.pool,
+                       "up to " if self.pool != "static" else "", self.target,
+                       f" x {self.threads} threads" if self.threads > 1 else "", self.label,
                        ", ".join(str(a) for a in self.addresses))
         if self.pool == "ondemand" and self.app is None:
             self._spawn(probe=True)  # find an unimportable app now, not at the first request
@@ -346,9 +354,10 @@ class Arbiter:
 
     def _on_exit(self, worker: WorkerProcess, code: int) -> None:
         pid, how = worker.pid, _describe_exit(code)
-        if worker.state is not None:  # its requests still count in the status page's total
-            final = self.scoreboard.slot(worker.slot).read()
-            served = final.requests if final.pid == worker.pid else worker.state.requests
+        if worker.threads:  # its requests still count in the status page's total
+            final = self.scoreboard.read_worker(worker.slot)
+            last_seen = final if final[0].pid == worker.pid else worker.threads
+            served = sum(state.requests for state in last_seen)
             pool = self.scoreboard.pool()
             self.scoreboard.write_pool(pool._replace(retired_requests=pool.retired_requests + served))
         if worker.stop_reason:
@@ -415,30 +424,34 @@ class Arbiter:
         """Read the scoreboard: who has booted, who is idle (since when), who is busy (with what)."""
         now = time.monotonic()
         for worker in self.workers.values():
-            state = self.scoreboard.slot(worker.slot).read()
-            if state.pid != worker.pid:
-                continue  # still booting: its Worker has not claimed the slot yet
-            worker.state = state
+            threads = self.scoreboard.read_worker(worker.slot)
+            if threads[0].pid != worker.pid:
+                continue  # still booting: its Worker has not claimed its slots yet
+            worker.threads = threads
             worker.booted = True
-            if self._slow_after and state.busy_since and now - state.busy_since > self._slow_after \
-                    and worker.slow_reported != state.busy_since:
-                worker.slow_reported = state.busy_since  # once per request
-                self._report_slow(worker)
+            if self._slow_after:
+                self._check_slow(worker, now)
             if self._boot_failures and now - worker.started >= BOOT_WINDOW:
                 # Up and still alive after the boot window: the crash storm is over.
                 self._boot_failures = self._boot_errors = 0
 
-    def _report_slow(self, worker: WorkerProcess) -> None:
-        """--slow-request-timeout: the worker writes its stack to the slow log (USR2); it goes on."""
+    def _check_slow(self, worker: WorkerProcess, now: float) -> None:
+        """--slow-request-timeout: the worker writes the stack of each slow
+        request (its thread's) to the slow log on USR2; the requests go on."""
+        running = {state.busy_since for state in worker.busy}
+        slow = {since for since in running if now - since > self._slow_after} - worker.slow_reported
+        worker.slow_reported = (worker.slow_reported & running) | slow  # each request once
+        if not slow:
+            return
         self._signal(worker, signal.SIGUSR2)
         pool = self.scoreboard.pool()
-        self.scoreboard.write_pool(pool._replace(slow_requests=pool.slow_requests + 1))
+        self.scoreboard.write_pool(pool._replace(slow_requests=pool.slow_requests + len(slow)))
 
     def _update_pool_figures(self) -> None:
         """Running maxima for the status page, from one look at the workers."""
-        current = [w for w in self.workers.values() if w.booted and w.state is not None and not w.old]
-        active = sum(1 for w in current if w.state is not None and w.state.busy_since)
-        saturated = bool(current) and active >= self.target
+        current = [w for w in self.workers.values() if w.booted and w.threads and not w.old]
+        active = sum(len(w.busy) for w in current)  # threads: one each without --threads
+        saturated = bool(current) and active >= self.target * self.threads
         pool = self.scoreboard.pool()
         if active > pool.max_active_workers or (saturated and not self._saturated):
             self.scoreboard.write_pool(pool._replace(
@@ -450,18 +463,33 @@ class Arbiter:
         """SIGKILL workers past their stop deadline; SIGABRT those busy beyond --timeout."""
         timeout = self.config.timeout
         for worker in self.workers.values():
-            state = worker.state
             if worker.kill_at and now >= worker.kill_at:
                 error_log.warning("worker %d did not exit in time (%s); killing it",
                                   worker.pid, worker.stop_reason or "stop")
                 self._signal(worker, signal.SIGKILL)
                 worker.kill_at = 0.0
-            elif timeout and state is not None and state.busy_since and now - state.busy_since > timeout \
-                    and worker.stop_reason != "timeout":
-                error_log.error("worker %d timed out after %gs handling %s; killing it",
-                                worker.pid, timeout, state.request or "a request")
-                # SIGABRT makes the worker log its stack before it exits.
-                self._stop_worker(worker, "timeout", signal.SIGABRT, grace=ABORT_GRACE)
+                continue
+            if not timeout or worker.stop_reason == "timeout":
+                continue
+            late = [state for state in worker.busy if now - state.busy_since > timeout]
+            if late:
+                self._time_out(worker, late[0].request)
+
+    def _time_out(self, worker: WorkerProcess, request: str) -> None:
+        """SIGABRT makes the worker log the stack of the request first. Without
+        threads it then exits; a thread cannot be killed, so a threaded worker
+        takes no new connections, lets its other requests finish for up to
+        --graceful-timeout and exits. Either way a new worker takes its place now."""
+        timeout = self.config.timeout
+        if self.threads == 1:
+            error_log.error("worker %d timed out after %gs handling %s; killing it",
+                            worker.pid, timeout, request or "a request")
+            self._stop_worker(worker, "timeout", signal.SIGABRT, grace=ABORT_GRACE)
+            return
+        error_log.error("worker %d: a request timed out after %gs (%s); retiring the worker, its other "
+                        "requests get up to %gs", worker.pid, timeout, request or "a request",
+                        self.config.graceful_timeout)
+        self._stop_worker(worker, "timeout", signal.SIGABRT, grace=self.config.graceful_timeout)
 
     def _finish_reload(self) -> None:
         """Retire the old generation once every new worker has booted."""
@@ -544,7 +572,8 @@ class Arbiter:
             error_log.warning("no scoreboard slot free; not starting a worker")
             return
         index = self._free_slots.pop()
-        self.scoreboard.slot(index).reset(0)  # no stale "busy" left by the slot's last owner
+        for slot in self.scoreboard.worker_slots(index):
+            slot.reset(0)  # no stale "busy" left by the slot's last owner
         max_requests = self.config.max_requests
         if max_requests:
             max_requests += random.randint(0, self.config.max_requests_jitter)
@@ -617,8 +646,8 @@ class Arbiter:
             if probe:
                 return 0
             worker = Worker.from_config(app, self.listeners, self.config, max_requests=max_requests,
-                                        pool_size=self.target, slot=self.scoreboard.slot(index),
-                                        parent_pid=self._master_pid, scoreboard=self.scoreboard)
+                                        pool_size=self.target, scoreboard=self.scoreboard, slot_index=index,
+                                        parent_pid=self._master_pid)
             booted = True
             worker.run()
             return 0

@@ -1,8 +1,9 @@
 """Shared-memory scoreboard: how the master sees what each worker is doing.
 
 Strategy: the master maps one anonymous shared area before forking: a pool
-header it alone writes (start time, pool figures) and one fixed-size slot per
-worker, which that worker alone writes when a request begins and ends. That
+header it alone writes (start time, pool figures) and, per worker, one
+fixed-size slot per thread (``--threads``; one slot without threads), which
+that thread alone writes when a request begins and ends. That
 costs no system call per request (gunicorn touches a file, flup writes to a
 pipe), yet the master can tell an idle worker from a hung one and name the
 request a hung worker is stuck in, and any worker can answer the status page.
@@ -52,7 +53,8 @@ class PoolState(NamedTuple):
 
 
 class Slot:
-    """One worker's slot. The worker writes; the master and the status page read."""
+    """One thread's slot (a worker's, without threads). Only that thread writes;
+    the master and the status page read."""
 
     __slots__ = ("_memory", "_offset", "requests", "pid", "_began")
 
@@ -87,20 +89,30 @@ class Slot:
 
 
 class Scoreboard:
-    """A pool header and ``size`` slots in memory shared with every worker forked afterwards."""
+    """A pool header and ``size`` workers' slots (``threads`` each) in memory
+    shared with every worker forked afterwards."""
 
-    def __init__(self, size: int, pool: str = "static", pool_size: int = 1) -> None:
+    def __init__(self, size: int, pool: str = "static", pool_size: int = 1, threads: int = 1) -> None:
         self.size = size
-        self._memory = mmap.mmap(-1, HEADER_SIZE + max(1, size) * SLOT_SIZE)
+        self.threads = threads
+        self._memory = mmap.mmap(-1, HEADER_SIZE + max(1, size) * threads * SLOT_SIZE)
         self.write_pool(PoolState(time.time(), time.monotonic(), 0, 0, 0, 0, pool_size, pool))
 
-    def slot(self, index: int) -> Slot:
-        if not 0 <= index < self.size:
-            raise IndexError(index)
-        return Slot(self._memory, HEADER_SIZE + index * SLOT_SIZE)
+    def slot(self, index: int, thread: int = 0) -> Slot:
+        if not (0 <= index < self.size and 0 <= thread < self.threads):
+            raise IndexError(index, thread)
+        return Slot(self._memory, HEADER_SIZE + (index * self.threads + thread) * SLOT_SIZE)
+
+    def worker_slots(self, index: int) -> List[Slot]:
+        """Worker ``index``'s slots, one per thread."""
+        return [self.slot(index, thread) for thread in range(self.threads)]
+
+    def read_worker(self, index: int) -> List[SlotState]:
+        return [slot.read() for slot in self.worker_slots(index)]
 
     def slots(self) -> List[SlotState]:
-        return [self.slot(i).read() for i in range(self.size)]
+        """Every thread's slot, worker by worker."""
+        return [state for index in range(self.size) for state in self.read_worker(index)]
 
     def pool(self) -> PoolState:
         values = list(_HEADER.unpack_from(self._memory, 0))

@@ -2,10 +2,10 @@
 
 Strategy: whichever worker gets the request answers it from the shared
 scoreboard, without calling the app: the pool header the master keeps, and
-every worker's slot. Per-worker CPU and memory come from /proc at the moment
-the page is asked for, so nothing is collected per request. Text by default,
-``?json`` and ``?openmetrics`` (Prometheus); ``?full`` adds one entry per
-worker. Both pages are off unless their path is configured, and belong
+every worker's slot (one per thread with ``--threads``). Per-process CPU and
+memory come from /proc at the moment the page is asked for, so nothing is
+collected per request. Text by default, ``?json`` and ``?openmetrics``
+(Prometheus); ``?full`` adds one entry per worker thread. Both pages are off unless their path is configured, and belong
 behind an internal-only location in the web server (the docs show how).
 """
 
@@ -54,37 +54,47 @@ def status_page(scoreboard: Scoreboard, listeners: Sequence[socket.socket]) -> P
 
 
 def collect(scoreboard: Scoreboard, listeners: Sequence[socket.socket], *, full: bool) -> Dict[str, Any]:
+    """The report. With --threads a "worker" in it is one thread, a request
+    slot: that is what tells a saturated pool from an idle one."""
     pool = scoreboard.pool()
     now = time.monotonic()
-    workers = [slot for slot in scoreboard.slots() if slot.pid and _alive(slot.pid)]
-    active = sum(1 for slot in workers if slot.busy_since)
+    threads = scoreboard.threads
+    slots = [(position % threads, slot) for position, slot in enumerate(scoreboard.slots())
+             if slot.pid and _alive(slot.pid)]
+    active = sum(1 for _, slot in slots if slot.busy_since)
     queue = listen_queue(listeners)
     report: Dict[str, Any] = {
         "pool": pool.pool,
         "start_time": int(pool.start_time),
         "start_since": int(now - pool.started),
-        "accepted_requests": pool.retired_requests + sum(slot.requests for slot in workers),
+        "accepted_requests": pool.retired_requests + sum(slot.requests for _, slot in slots),
         "listen_queue": queue[0] if queue else None,
         "listen_queue_max": queue[1] if queue else None,
         "active_workers": active,
-        "idle_workers": len(workers) - active,
-        "total_workers": len(workers),
-        "max_workers": pool.pool_size,
+        "idle_workers": len(slots) - active,
+        "total_workers": len(slots),
+        "max_workers": pool.pool_size * threads,
         "max_active_workers": max(pool.max_active_workers, active),
         "max_workers_reached": pool.max_workers_reached,
         "slow_requests": pool.slow_requests,
+        "processes": len({slot.pid for _, slot in slots}),
+        "threads_per_process": threads,
     }
     if full:
-        report["workers"] = [_worker(slot, now) for slot in workers]
+        usage: Dict[int, Tuple[Optional[float], Optional[int]]] = {}
+        report["workers"] = [_worker(slot, thread, now, usage) for thread, slot in slots]
     return report
 
 
-def _worker(slot: SlotState, now: float) -> Dict[str, Any]:
+def _worker(slot: SlotState, thread: int, now: float,
+            usage: Dict[int, Tuple[Optional[float], Optional[int]]]) -> Dict[str, Any]:
     busy = bool(slot.busy_since)
     duration = (now - slot.busy_since) if busy else slot.last_duration
     method, _, uri = slot.request.partition(" ")
-    cpu, rss = _process_usage(slot.pid)
-    return {"pid": slot.pid, "state": "busy" if busy else "idle", "requests": slot.requests,
+    if slot.pid not in usage:  # read once per process, however many threads it has
+        usage[slot.pid] = _process_usage(slot.pid)
+    cpu, rss = usage[slot.pid]
+    return {"pid": slot.pid, "thread": thread, "state": "busy" if busy else "idle", "requests": slot.requests,
             "request_method": method or None, "request_uri": uri or None,
             "request_duration_ms": round(duration * 1000, 3), "cpu_seconds": cpu, "memory_rss_bytes": rss}
 
@@ -136,7 +146,7 @@ def text(report: Dict[str, Any]) -> str:
 
 def openmetrics(report: Dict[str, Any]) -> str:
     gauges = ("listen_queue", "active_workers", "idle_workers", "total_workers", "max_workers",
-              "max_active_workers")
+              "max_active_workers", "processes", "threads_per_process")
     counters = ("accepted_requests", "max_workers_reached", "slow_requests")
     lines: List[str] = []
     for name in gauges:
@@ -146,7 +156,7 @@ def openmetrics(report: Dict[str, Any]) -> str:
         lines += [f"# TYPE wsgi_fcgi_{name} counter", f"wsgi_fcgi_{name}_total {report[name]}"]
     lines += ["# TYPE wsgi_fcgi_start_time gauge", f"wsgi_fcgi_start_time {report['start_time']}"]
     for worker in report.get("workers", []):
-        labels = f'{{pid="{worker["pid"]}",state="{worker["state"]}"}}'
+        labels = f'{{pid="{worker["pid"]}",thread="{worker["thread"]}",state="{worker["state"]}"}}'
         lines.append(f"wsgi_fcgi_worker_requests{labels} {worker['requests']}")
     lines.append("# EOF")
     return "\n".join(lines) + "\n"

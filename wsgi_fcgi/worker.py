@@ -38,7 +38,7 @@ from . import protocol as p
 from .config import Config, parse_networks
 from .handler import ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
 from .logs import AccessLog, reopen_files
-from .scoreboard import Scoreboard, Slot
+from .scoreboard import Scoreboard, Slot, SlotState
 from .status import ping_page, status_page
 
 error_log = logging.getLogger("wsgi_fcgi.error")
@@ -53,6 +53,9 @@ QUIET_BEFORE_CLOSE = 0.2  # a kept connection unused this long is not about to b
 DRAIN_SECONDS = 3.0  # most a leaving worker spends serving its kept connections
 ACCEPT_ERROR_LOG_INTERVAL = 10.0
 ACCEPT_STREAK = 16  # connections served back to back before the loop checks signals and timers again
+
+
+NOTHING_TO_ACCEPT = object()  # _take_connection: the queue is empty (or accepting paused)
 
 
 class ReadTimeout(Exception):
@@ -283,6 +286,15 @@ class Connection:
         return proto.ended_input_complete
 
 
+def drain_pipe(fd: int) -> None:
+    """Read a non-blocking wake-up pipe empty."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def _sendmsg_all(sock: socket.socket, buffers: List[Any]) -> None:
     """sendmsg until every byte of ``buffers`` is out (a blocking send can be partial)."""
     while buffers:
@@ -300,22 +312,26 @@ def _skip(buffers: List[Any], sent: int) -> List[Any]:
 
 
 class Worker:
-    """Serve requests from ``listeners`` until told to stop.
+    """Serve requests from ``listeners`` until told to stop, one at a time
+    (``ThreadedWorker`` in threaded.py: several at once).
 
     ``max_requests`` counts requests, not connections, so kept-alive
     connections recycle on time too. ``parent_pid`` (set under a master) makes
     the worker exit when its master has gone.
     """
 
+    threads = 1  # requests served at once
+
     def __init__(self, app: WSGIApp, listeners: List[socket.socket], *, script_name: Optional[str] = None,
                  max_requests: int = 0, read_timeout: float = 30.0, keepalive_timeout: float = 60.0,
                  limits: Optional[p.Limits] = None, pool_size: int = 1, slot: Optional[Slot] = None,
-                 parent_pid: Optional[int] = None, multiprocess: bool = True,
+                 parent_pid: Optional[int] = None, multiprocess: bool = True, multithread: bool = False,
                  limit_request_body: int = 0, max_idle_connections: int = 32,
                  allowed_peers: Sequence[Any] = (), access_log: Optional[AccessLog] = None,
                  pages: Optional[Dict[str, Any]] = None, slow_log_fd: int = 2, reload: bool = False) -> None:
         self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess,
-                                      limit_request_body=limit_request_body, access_log=access_log, pages=pages)
+                                      multithread=multithread, limit_request_body=limit_request_body,
+                                      access_log=access_log, pages=pages)
         self.slow_log_fd = slow_log_fd
         self.source_watch = SourceWatch() if reload else None
         self.max_idle_connections = max_idle_connections
@@ -328,9 +344,9 @@ class Worker:
         self.keepalive_timeout = keepalive_timeout
         self.limits = limits or p.Limits()
         # FCGI_GET_VALUES: requests the pool serves at once, and connections it holds open
-        # (each worker: the one it serves plus its idle kept-alive connections).
-        self.max_reqs = pool_size
-        self.max_conns = pool_size * (1 + max_idle_connections)
+        # (each worker: those it serves plus its idle kept-alive connections).
+        self.max_reqs = pool_size * self.threads
+        self.max_conns = pool_size * (self.threads + max_idle_connections)
         self.slot = slot or Scoreboard(1).slot(0)
         self.parent_pid = parent_pid
         self.alive = True
@@ -341,32 +357,38 @@ class Worker:
         self.idle: Dict[int, Connection] = {}
         self._epoll: Optional[select.epoll] = None
         self._accept_paused_until = 0.0
+        self._listening = False  # the listening sockets are in the epoll set
         self._last_accept_error_log = -ACCEPT_ERROR_LOG_INTERVAL
         self._wakeup_r = -1
 
-    @classmethod
-    def from_config(cls, app: WSGIApp, listeners: List[socket.socket], config: Config, *, max_requests: int,
-                    pool_size: int, slot: Optional[Slot] = None, parent_pid: Optional[int] = None,
-                    scoreboard: Optional[Scoreboard] = None) -> "Worker":
-        """The one place where settings become worker options (master and single-process mode)."""
+    @staticmethod
+    def from_config(app: WSGIApp, listeners: List[socket.socket], config: Config, *, max_requests: int,
+                    pool_size: int, scoreboard: Optional[Scoreboard] = None, slot_index: int = 0,
+                    parent_pid: Optional[int] = None) -> "Worker":
+        """The one place where settings become worker options (master and
+        single-process mode): a Worker, or a ThreadedWorker with --threads."""
         if scoreboard is None:  # no master: a scoreboard of our own, for the status page
-            scoreboard = Scoreboard(1, pool_size=1)
-            slot = scoreboard.slot(0)
+            scoreboard = Scoreboard(1, pool_size=1, threads=config.threads)
+        slots = scoreboard.worker_slots(slot_index)
         pages: Dict[str, Any] = {}
         if config.ping_path:
             pages[config.ping_path] = ping_page(config.ping_response)
         if config.status_path:
             pages[config.status_path] = status_page(scoreboard, listeners)
-        return cls(app, listeners, script_name=config.script_name, max_requests=max_requests,
-                   read_timeout=config.read_timeout, keepalive_timeout=config.keepalive_timeout,
-                   limits=p.Limits(max_params_bytes=config.max_params_bytes,
-                                   max_params_count=config.max_params_count),
-                   pool_size=pool_size, slot=slot, parent_pid=parent_pid,
-                   limit_request_body=config.limit_request_body,
-                   max_idle_connections=config.max_idle_connections,
-                   allowed_peers=allowed_networks(config),
-                   access_log=AccessLog(config.access_logformat), pages=pages,
-                   slow_log_fd=open_slow_log(config), reload=config.reload)
+        options: Dict[str, Any] = dict(
+            script_name=config.script_name, max_requests=max_requests,
+            read_timeout=config.read_timeout, keepalive_timeout=config.keepalive_timeout,
+            limits=p.Limits(max_params_bytes=config.max_params_bytes, max_params_count=config.max_params_count),
+            pool_size=pool_size, parent_pid=parent_pid, limit_request_body=config.limit_request_body,
+            max_idle_connections=config.max_idle_connections, allowed_peers=allowed_networks(config),
+            access_log=AccessLog(config.access_logformat), pages=pages,
+            slow_log_fd=open_slow_log(config), reload=config.reload)
+        if config.threads == 1:
+            return Worker(app, listeners, slot=slots[0], **options)
+        from .threaded import ThreadedWorker
+
+        return ThreadedWorker(app, listeners, slots=slots, timeout=config.timeout,
+                              slow_request_timeout=config.slow_request_timeout, **options)
 
     # --- signals
     def _install_signals(self) -> None:
@@ -394,11 +416,13 @@ class Worker:
         """USR2 from the master: this request is slow. Its stack goes to the slow log with
         one os.write (no logging lock taken inside a signal handler); the request goes on."""
         state = self.slot.read()
-        if not state.busy_since:
-            return
+        if state.busy_since:
+            self._write_slow_entry(state, frame)
+
+    def _write_slow_entry(self, state: SlotState, frame: Optional[FrameType], where: str = "") -> None:
         stack = "".join(traceback.format_stack(frame)) if frame else ""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        text = (f"{stamp} [{os.getpid()}] [SLOW] {state.request} running for "
+        text = (f"{stamp} [{os.getpid()}] [SLOW] {state.request}{where} running for "
                 f"{time.monotonic() - state.busy_since:.1f}s:\n{stack}\n")
         try:
             os.write(self.slow_log_fd, text.encode("utf-8", "replace"))
@@ -425,9 +449,9 @@ class Worker:
         _keep_freed_memory()
         self.slot.reset(os.getpid())
         epoll = self._epoll = select.epoll()
-        for fd, sock in self.listeners.items():
+        for sock in self.listeners.values():
             sock.setblocking(False)
-            epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self._set_listening(True)
         epoll.register(self._wakeup_r, select.EPOLLIN)
         try:
             while self.alive:
@@ -442,20 +466,7 @@ class Worker:
                         self._resume(fd)
                     if not self.alive:
                         break
-                self._expire_idle()
-                self._resume_accepting_when_due()
-                if self.reopen_logs:
-                    self.reopen_logs = False
-                    reopen_files()
-                if self.source_watch is not None and self.source_watch.changed():
-                    error_log.info("worker %d: %s changed, restarting (--reload)", os.getpid(),
-                                   self.source_watch.changed_file)
-                    self.alive = False
-                # Only when idle: a worker whose master died exits within a second
-                # of going quiet, at no syscall per request.
-                if not events and self.parent_pid is not None and os.getppid() != self.parent_pid:
-                    error_log.warning("worker %d: master %d has gone, exiting", os.getpid(), self.parent_pid)
-                    self.alive = False
+                self._between_events(bool(events))
         except BaseException:  # a quick stop (INT/QUIT) or a crash: no more requests
             for conn in list(self.idle.values()):
                 conn.close()
@@ -466,6 +477,23 @@ class Worker:
         finally:
             epoll.close()
 
+    def _between_events(self, had_events: bool) -> None:
+        """The loop's chores after each wait: timers, log reopening, --reload, the master."""
+        self._expire_idle()
+        self._resume_accepting_when_due()
+        if self.reopen_logs:
+            self.reopen_logs = False
+            reopen_files()
+        if self.source_watch is not None and self.source_watch.changed():
+            error_log.info("worker %d: %s changed, restarting (--reload)", os.getpid(),
+                           self.source_watch.changed_file)
+            self.alive = False
+        # Only when idle: a worker whose master died exits within a second
+        # of going quiet, at no syscall per request.
+        if not had_events and self.parent_pid is not None and os.getppid() != self.parent_pid:
+            error_log.warning("worker %d: master %d has gone, exiting", os.getpid(), self.parent_pid)
+            self.alive = False
+
     def _poll_timeout(self) -> float:
         if self.source_watch is not None:
             return 1.0
@@ -474,11 +502,7 @@ class Worker:
         return 1.0 if self.parent_pid is not None or self.idle else -1
 
     def _drain_wakeup(self) -> None:
-        try:
-            while os.read(self._wakeup_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        drain_pipe(self._wakeup_r)
 
     def _accept(self, listener: socket.socket) -> None:
         """Serve the connections queued on ``listener``: after one, take the next
@@ -491,26 +515,36 @@ class Worker:
 
     def _accept_one(self, listener: socket.socket) -> bool:
         """Accept and serve one connection; False if there was none to accept."""
+        conn = self._take_connection(listener)
+        if conn is NOTHING_TO_ACCEPT:
+            return False
+        if conn is not None:
+            self._serve(conn)
+        return True
+
+    def _take_connection(self, listener: socket.socket) -> Any:
+        """The next connection on ``listener``: a Connection, None when one was
+        taken but is not served (refused peer, aborted), NOTHING_TO_ACCEPT when
+        the queue is empty or accepting must pause."""
         try:
             # _accept and the C-level socket type skip socket.py's wrapper
             # (timeout bookkeeping and io refcounts we never use): per request.
             fd, peer = listener._accept()  # type: ignore[attr-defined]
         except BlockingIOError:
-            return False  # the queue is empty, or another worker took it
+            return NOTHING_TO_ACCEPT  # the queue is empty, or another worker took it
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 self._pause_accepting(exc.strerror or str(exc))
-                return False
+                return NOTHING_TO_ACCEPT
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                return True
+                return None
             raise
         sock = _socket.socket(self._families[listener], socket.SOCK_STREAM, 0, fd)
         if not self.allowed_peers.allows(peer):
             sock.close()
-            return True
+            return None
         proto = p.ServerConnection(max_conns=self.max_conns, max_reqs=self.max_reqs, limits=self.limits)
-        self._serve(Connection(sock, peer, proto, self._timeval))  # type: ignore[arg-type]
-        return True
+        return Connection(sock, peer, proto, self._timeval)  # type: ignore[arg-type]
 
     def _pause_accepting(self, reason: str) -> None:
         """Out of descriptors or memory: stop watching the listening sockets for a
@@ -521,17 +555,30 @@ class Worker:
             self._last_accept_error_log = now
             error_log.error("worker %d cannot accept connections: %s; pausing accept for %gs",
                             os.getpid(), reason, ACCEPT_PAUSE)
-        assert self._epoll is not None
-        for fd in self.listeners:
-            self._epoll.unregister(fd)
         self._accept_paused_until = now + ACCEPT_PAUSE
+        self._set_listening(False)
 
     def _resume_accepting_when_due(self) -> None:
         if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            assert self._epoll is not None
-            for fd in self.listeners:
+            self._set_listening(self._wants_connections())
+
+    def _wants_connections(self) -> bool:
+        """Whether the listening sockets belong in the epoll set now."""
+        return self.alive and not self.draining and not self._accept_paused_until
+
+    def _set_listening(self, on: bool) -> None:
+        """Watch the listening sockets, or stop: a worker that does not watch
+        them is never woken for a new connection, so another worker takes it."""
+        if on == self._listening:
+            return
+        assert self._epoll is not None
+        for fd in self.listeners:
+            if on:
                 self._epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            else:
+                self._epoll.unregister(fd)
+        self._listening = on
 
     def _resume(self, fd: int) -> None:
         conn = self.idle.pop(fd)
@@ -579,10 +626,9 @@ class Worker:
         kernel wakes the first waiter, so at low traffic one worker would accept every
         new connection and, with keep-alive, keep them all while the others idle.
         Done once per kept connection, not per request."""
-        assert self._epoll is not None
-        for fd in self.listeners:
-            self._epoll.unregister(fd)
-            self._epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        if self._listening:
+            self._set_listening(False)
+            self._set_listening(True)
 
     def _readable_idle(self) -> Set[int]:
         """Idle connections on which a request has already arrived (or the peer closed)."""
@@ -620,9 +666,7 @@ class Worker:
             return
         assert self._epoll is not None
         self.draining = True
-        if not self._accept_paused_until:
-            for fd in self.listeners:
-                self._epoll.unregister(fd)
+        self._set_listening(False)
         deadline = time.monotonic() + min(DRAIN_SECONDS, self.keepalive_timeout)
         while self.idle and time.monotonic() < deadline:
             for fd, _ in self._epoll.poll(QUIET_BEFORE_CLOSE / 2):
@@ -638,41 +682,45 @@ class Worker:
 
     # --- one connection
     def _serve(self, conn: Connection) -> None:
-        """Serve requests on ``conn`` until it closes, goes idle or must end."""
+        if self._serve_requests(conn, self.slot):
+            self._park(conn)
+
+    def _serve_requests(self, conn: Connection, slot: Slot) -> bool:
+        """Serve requests on ``conn`` until it closes, goes idle or must end.
+        True: it is idle and kept (FCGI_KEEP_CONN), for the caller to park."""
         try:
             while True:
                 self.heartbeat()
                 begin, params = self._read_request_head(conn)
                 if begin is None or params is None:
                     conn.close()
-                    return
-                if not self._run_request(conn, begin, params):
+                    return False
+                if not self._run_request(conn, begin, params, slot):
                     conn.close()
-                    return
-                if self._recycle_due():
+                    return False
+                if self.alive and self._recycle_due():
                     error_log.info("worker %d: served %d requests, recycling", os.getpid(), self.requests)
                     self.alive = False
                 if not begin.keep_conn:
                     conn.close_after_response()
-                    return
+                    return False
                 if not self.alive and not self.draining:
                     conn.close()
-                    return
+                    return False
                 if not conn.proto.has_buffered_data:
-                    self._park(conn)
-                    return
+                    return True
         except ReadTimeout:
             error_log.info("closing connection from %s: no data within %gs", conn.peer or "peer",
                            self.read_timeout)
-            conn.close()
         except p.IncompleteRecord:
-            conn.close()  # the peer went away between our reads: nothing to report
+            pass  # the peer went away between our reads: nothing to report
         except p.ProtocolError as exc:
             error_log.warning("protocol error from %s, closing the connection: %s", conn.peer or "peer",
                               exc.reason)
-            conn.close()
         except ClientDisconnected:
-            conn.close()
+            pass
+        conn.close()
+        return False
 
     def _read_request_head(self, conn: Connection) -> Tuple[Optional[p.BeginRequest], Optional[p.Params]]:
         """Wait for BEGIN_REQUEST and the complete PARAMS; (None, None) if the peer closed."""
@@ -694,18 +742,20 @@ class Worker:
                 conn.send([conn.end_request(0)])
                 begin = None
 
-    def _run_request(self, conn: Connection, begin: p.BeginRequest, params: p.Params) -> bool:
+    def _run_request(self, conn: Connection, begin: p.BeginRequest, params: p.Params, slot: Slot) -> bool:
         conn.request_id = begin.request_id
         # An authorizer gets no STDIN (mod_authnz_fcgi sends not even the empty record).
         conn.input_finished = begin.role == p.FCGI_AUTHORIZER
         conn.prefetch_stdin_end()
-        slot = self.slot
         slot.begin(*_method_and_uri(params.pairs))
         try:
             return self.handler.handle(conn, begin.request_id, begin.role, params.pairs)
         finally:
-            self.requests += 1
-            slot.end()
+            self._count_request(slot)
+
+    def _count_request(self, slot: Slot) -> None:
+        self.requests += 1
+        slot.end()
 
 
 def _keep_freed_memory() -> None:
