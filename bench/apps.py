@@ -7,18 +7,23 @@ last segment of PATH_INFO (so /hello and /stream/hello are the same thing).
     big_1g    1 GiB as 16384 x 64 KiB chunks from a generator (memory test)
     post_1m   the request body read in 64 KiB reads, answered "<length> <adler32>\n"
     post      the same, for any length (memory test)
+    wait_50ms sleeps 50 ms (a database call, an HTTP API), then 13 bytes: what
+              threads per worker are for (run.py --threads)
 
 Standard library only. Flask lives in flaskapp.py, so the Python backends do
 not all carry Flask's ~20 MiB in the RSS columns. bench/c/hello.c answers the
-same paths with the same bytes.
+same paths with the same bytes, all but wait_50ms (run.py skips that one for it).
 """
 
 import json
+import time
 import zlib
 
 HELLO = b"Hello, World!"
 CHUNK = b"x" * 65536
 READ_SIZE = 65536
+WAIT_S = 0.05
+WAITED = b"Waited 50 ms."
 
 
 def _json_doc():
@@ -76,8 +81,15 @@ def post(environ, start_response):
     return [body]
 
 
+def wait_50ms(environ, start_response):
+    # time.sleep releases the GIL, as a database driver does while it waits
+    time.sleep(WAIT_S)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(WAITED)))])
+    return [WAITED]
+
+
 ROUTES = {"hello": hello, "json_1k": json_1k, "big_1m": big_1m, "big_1g": big_1g,
-          "post_1m": post, "post": post}
+          "post_1m": post, "post": post, "wait_50ms": wait_50ms}
 
 
 def application(environ, start_response):

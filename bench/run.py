@@ -7,6 +7,8 @@
     bench/.venv/bin/python bench/run.py --memory             # RSS during a 1 GiB download and upload
     bench/.venv/bin/python bench/run.py --diag trace         # strace -c: syscalls per request
     bench/.venv/bin/python bench/run.py --diag profile       # py-spy on one wsgi_fcgi worker
+    # threads per worker: 2 processes x 16 threads each, wsgi_fcgi prefork (2 x 1) beside them
+    bench/.venv/bin/python bench/run.py --threads 16 --cells wait_50ms:64 --backends wsgi_fcgi,wsgi_fcgi:1,uwsgi
 
 Every run starts a fresh backend and a fresh nginx (config rendered from
 bench/nginx/ into a temp dir), warms up with complete requests (nothing is
@@ -66,6 +68,7 @@ class Workload:
     body: int = 0                     # POST body bytes
     warm_requests: int = 20           # per warm-up thread
     check: Callable[[int, bytes], bool] = lambda status, body: status == 200
+    wait_s: float = 0.0               # the app's wait per request: such cells get their own table
 
 
 def _check_hello(status: int, body: bytes) -> bool:
@@ -74,6 +77,10 @@ def _check_hello(status: int, body: bytes) -> bool:
 
 def _check_json(status: int, body: bytes) -> bool:
     return status == 200 and len(body) == 1024 and json.loads(body)["items"][3]["id"] == 3
+
+
+def _check_wait(status: int, body: bytes) -> bool:
+    return status == 200 and body == b"Waited 50 ms."
 
 
 def _check_big(status: int, body: bytes) -> bool:
@@ -96,6 +103,8 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in [
     Workload("post_1m", "/post_1m", body=MiB, warm_requests=3,
              check=lambda status, body: status == 200 and body == POST_1M_ANSWER),
     Workload("flask", "/", app="flaskapp:app", check=_check_hello),
+    # 5 sequential requests per warm-up client, 0.25 s: the wait, not the code, is the point
+    Workload("wait_50ms", "/wait_50ms", warm_requests=5, check=_check_wait, wait_s=0.05),
 ]}
 
 DEFAULT_CELLS = "hello:16,hello:64,json_1k:16,big_1m:16,post_1m:16,flask:16,flask:64"
@@ -201,6 +210,22 @@ def rss_mib(pid: int) -> Optional[float]:
             return int(f.read().split()[1]) * PAGE / MiB
     except OSError:
         return None
+
+
+def wait_booted(proc: "Proc", timeout: float = 30.0, samples: int = 6, every: float = 0.05) -> float:
+    """Wait until the tree's processes stay the same and none of their RSS moves over
+    ``samples`` readings. Workers import the app after the fork: 32 Flask workers on 2
+    cores take seconds, and one still booting during the run would serve nothing and show
+    half its memory. Returns the seconds waited (at most ``timeout``, then it goes on)."""
+    started = time.monotonic()
+    history: List[Dict[int, Optional[float]]] = []
+    while time.monotonic() - started < timeout:
+        history.append({pid: rss_mib(pid) for pid in proc.pids()})
+        recent = history[-samples:]
+        if len(recent) == samples and all(snap == recent[0] for snap in recent):
+            break
+        time.sleep(every)
+    return time.monotonic() - started
 
 
 def alive(pid: int) -> bool:
@@ -354,13 +379,18 @@ class Backend:
     name: str
     upstream: str               # fastcgi | proxy | uwsgi  (which nginx block)
     has_master: bool
-    command: Callable[[str, str, int], List[str]]  # (socket, app spec, workers) -> argv
+    command: Callable[[str, str, int, int], List[str]]  # (socket, app spec, workers, threads) -> argv
     apps: Tuple[str, ...] = ("apps:application", "flaskapp:app")
     extra_args: List[str] = field(default_factory=list)
     src: Optional[Path] = None  # wsgi_fcgi-base: the package copy to run (--baseline)
+    threaded: bool = True       # False: one request at a time per process, whatever --threads says
+    skip_workloads: Tuple[str, ...] = ()  # workloads it has no answer for
 
-    def start(self, sock: str, app: str, workers: int, log: Path) -> Proc:
-        argv = self.command(sock, app, workers) + self.extra_args
+    def serves(self, workload: Workload) -> bool:
+        return workload.app in self.apps and workload.name not in self.skip_workloads
+
+    def start(self, sock: str, app: str, workers: int, threads: int, log: Path) -> Proc:
+        argv = self.command(sock, app, workers, threads) + self.extra_args
         proc = Proc(self.name, argv, log, cwd=BENCH, env=bench_env(self.src))
         if self.name == "libfcgi-c":
             # spawn-fcgi forks the children and exits; their PIDs are on its output.
@@ -369,33 +399,44 @@ class Backend:
         return proc
 
 
-def _wsgi_fcgi(sock: str, app: str, workers: int) -> List[str]:
+# With threads == 1 every command is exactly what it was before --threads existed,
+# so a baseline without the option (--baseline) runs, and old figures stay comparable.
+
+
+def _wsgi_fcgi(sock: str, app: str, workers: int, threads: int) -> List[str]:
     # --allow-root: the bench runs as root like the other backends (nginx's `user root`)
-    return [PYTHON, "-m", "wsgi_fcgi", "--bind", f"unix:{sock}", "--workers", str(workers),
+    threading_args = ["--threads", str(threads)] if threads > 1 else []
+    return [PYTHON, "-m", "wsgi_fcgi", "--bind", f"unix:{sock}", "--workers", str(workers), *threading_args,
             "--log-level", "warning", "--allow-root", app]
 
 
-def _flup(sock: str, app: str, workers: int) -> List[str]:
-    return [PYTHON, str(BENCH / "flup_server.py"), sock, app, str(workers)]
+def _flup(sock: str, app: str, workers: int, threads: int) -> List[str]:
+    # threads > 1: `workers` copies of flup's threaded server on one socket (see flup_server.py)
+    return [PYTHON, str(BENCH / "flup_server.py"), sock, app, str(workers)] + ([str(threads)] if threads > 1 else [])
 
 
-def _uwsgi(sock: str, app: str, workers: int) -> List[str]:
-    return [str(VENV_BIN / "uwsgi"), "--fastcgi-socket", sock, "--processes", str(workers), "--master",
-            "--disable-logging", "--die-on-term", "--need-app", "--home", str(VENV),
+def _uwsgi(sock: str, app: str, workers: int, threads: int) -> List[str]:
+    # --threads implies --enable-threads; spelt out so the command says what it gets (the GIL released)
+    threading_args = ["--threads", str(threads), "--enable-threads"] if threads > 1 else []
+    return [str(VENV_BIN / "uwsgi"), "--fastcgi-socket", sock, "--processes", str(workers), *threading_args,
+            "--master", "--disable-logging", "--die-on-term", "--need-app", "--home", str(VENV),
             "--pythonpath", str(BENCH), "--module", app]
 
 
-def _gunicorn(protocol: str) -> Callable[[str, str, int], List[str]]:
-    def command(sock: str, app: str, workers: int) -> List[str]:
-        argv = [PYTHON, "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", str(workers),
-                "--worker-class", "sync", "--log-level", "warning", "--chdir", str(BENCH)]
+def _gunicorn(protocol: str) -> Callable[[str, str, int, int], List[str]]:
+    def command(sock: str, app: str, workers: int, threads: int) -> List[str]:
+        # gthread is gunicorn's threaded worker (it would switch to it by itself for --threads > 1)
+        worker_class = ["--worker-class", "gthread", "--threads", str(threads)] if threads > 1 else \
+            ["--worker-class", "sync"]
+        argv = [PYTHON, "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", str(workers), *worker_class,
+                "--log-level", "warning", "--chdir", str(BENCH)]
         if protocol != "http":
             argv += ["--protocol", protocol]
         return argv + [app]
     return command
 
 
-def _libfcgi_c(sock: str, app: str, workers: int) -> List[str]:
+def _libfcgi_c(sock: str, app: str, workers: int, threads: int) -> List[str]:
     return ["spawn-fcgi", "-s", sock, "-M", "0600", "-F", str(workers), "--", str(C_HELLO)]
 
 
@@ -405,9 +446,60 @@ BACKENDS: Dict[str, Backend] = {b.name: b for b in [
     Backend("uwsgi", "fastcgi", True, _uwsgi),
     Backend("gunicorn-http", "proxy", True, _gunicorn("http")),
     Backend("gunicorn-uwsgi", "uwsgi", True, _gunicorn("uwsgi")),
-    Backend("libfcgi-c", "fastcgi", False, _libfcgi_c, apps=("apps:application",)),
+    # one request at a time per process; wait_50ms would get hello.c's default answer
+    Backend("libfcgi-c", "fastcgi", False, _libfcgi_c, apps=("apps:application",), threaded=False,
+            skip_workloads=("wait_50ms",)),
 ]}
 FASTCGI_BACKENDS = [name for name, b in BACKENDS.items() if b.upstream == "fastcgi"]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One row of a run: a backend and its processes x threads. On the command line
+    `NAME` (the -w and --threads defaults), `NAME:T` or `NAME:WxT`, so one
+    interleaved run can hold e.g. wsgi_fcgi:2x16 next to wsgi_fcgi:2x1."""
+    label: str
+    backend: Backend
+    workers: int
+    threads: int
+
+    @property
+    def shape(self) -> str:
+        return f"{self.workers} × {self.threads}"
+
+    @property
+    def slots(self) -> int:
+        """Requests it serves at once."""
+        return self.workers * self.threads
+
+    def start(self, sock: str, app: str, log: Path) -> Proc:
+        return self.backend.start(sock, app, self.workers, self.threads, log)
+
+
+def parse_pool(spec: str, workers: int, threads: int) -> Pool:
+    name, _, shape = spec.strip().partition(":")
+    if name not in BACKENDS:
+        raise SystemExit(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    backend = BACKENDS[name]
+    if shape:
+        m = re.fullmatch(r"(?:(\d+)x)?(\d+)", shape)
+        if not m or int(m.group(2)) < 1 or (m.group(1) and int(m.group(1)) < 1):
+            raise SystemExit(f"backend {spec!r}: expected NAME, NAME:THREADS or NAME:WORKERSxTHREADS")
+        workers, threads = int(m.group(1) or workers), int(m.group(2))
+        if threads > 1 and not backend.threaded:
+            raise SystemExit(f"backend {spec!r}: {name} serves one request at a time per process")
+    elif not backend.threaded:
+        threads = 1  # the C responder under a run-wide --threads: its row says 1
+    label = f"{name}:{workers}x{threads}" if shape else name
+    return Pool(label, backend, workers, threads)
+
+
+def parse_pools(specs: str, workers: int, threads: int) -> List[Pool]:
+    pools = [parse_pool(spec, workers, threads) for spec in specs.split(",") if spec.strip()]
+    labels = [p.label for p in pools]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"--backends names a pool twice: {', '.join(labels)}")
+    return pools
 
 
 def wait_unix_socket(path: str, proc: Proc, timeout: float = 30.0) -> None:
@@ -598,23 +690,30 @@ def backend_memory(proc: Proc, backend: Backend) -> Dict[str, Any]:
     return out
 
 
-def one_run(backend: Backend, workload: Workload, conns: int, rep: int, opts: Options) -> Dict[str, Any]:
+def one_run(pool: Pool, workload: Workload, conns: int, rep: int, opts: Options) -> Dict[str, Any]:
     """Fresh backend + fresh nginx, warm up, measure, check, stop."""
-    rec: Dict[str, Any] = {"backend": backend.name, "workload": workload.name, "conns": conns, "rep": rep,
+    backend = pool.backend
+    rec: Dict[str, Any] = {"backend": pool.label, "server": backend.name, "workers": pool.workers,
+                           "threads": pool.threads, "workload": workload.name, "conns": conns, "rep": rep,
                            "keep_conn": opts.keep_conn, "started": time.time()}
     tmp = Path(tempfile.mkdtemp(prefix="wsgi_fcgi-bench-"))
     sock = str(tmp / "backend.sock")
     proc: Optional[Proc] = None
     nginx: Optional[Nginx] = None
     try:
-        proc = backend.start(sock, workload.app, opts.workers, tmp / "backend.log")
+        proc = pool.start(sock, workload.app, tmp / "backend.log")
+        rec["argv"] = proc.argv
         wait_unix_socket(sock, proc)
         nginx = Nginx(tmp, sock, backend.upstream, opts.keep_conn, opts.nginx, opts.big_buffers)
+        rec["boot_wait_s"] = round(wait_booted(proc), 2)
         if rep == 0:
             # idle memory: every worker booted (gunicorn and wsgi_fcgi import the app after fork)
             time.sleep(1.0)
             rec["memory_idle"] = backend_memory(proc, backend)
-        error = warm_up(nginx.port, workload, threads=2 * opts.workers)
+        # 2 clients per process, as before --threads: not every thread of a threaded pool has
+        # served yet, but every process has, and flup's threaded copies (they answer 502 beyond
+        # their thread count) are never asked for more than they have
+        error = warm_up(nginx.port, workload, threads=2 * pool.workers)
         if error:
             rec["error"] = f"warm-up: {error}"
             rec["alive"] = health(nginx.port, workload)
@@ -631,6 +730,8 @@ def one_run(backend: Backend, workload: Workload, conns: int, rep: int, opts: Op
         errors = wrk["errors"]
         rec.update({
             "requests": wrk["requests"], "rps": wrk["requests"] / seconds,
+            # non-2xx answers are requests to wrk: a pool that answers 502 fast would look fast
+            "ok_rps": (wrk["requests"] - errors["status"]) / seconds,
             "p50_ms": wrk["latency_us"]["p50"] / 1000, "p99_ms": wrk["latency_us"]["p99"] / 1000,
             "non2xx": errors["status"],
             "sock_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
@@ -647,7 +748,7 @@ def one_run(backend: Backend, workload: Workload, conns: int, rep: int, opts: Op
         rec["nginx_errors"] = len(nginx.error_lines())
         rec["nginx_error_sample"] = nginx.error_lines()[:3]
         (opts.results / "wrk").mkdir(exist_ok=True)
-        (opts.results / "wrk" / f"{workload.name}-c{conns}-{backend.name}-r{rep}.txt").write_text(wrk["text"])
+        (opts.results / "wrk" / f"{workload.name}-c{conns}-{pool.label}-r{rep}.txt").write_text(wrk["text"])
     except Exception as exc:
         rec["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -685,11 +786,44 @@ def _cpu_cell(ok: List[Dict[str, Any]]) -> str:
     return fmt(total, 0) + (f" (sys {sys_part:.0f})" if sys_part is not None and total is not None else "")
 
 
-def summarise(records: List[Dict[str, Any]], cells: List[Tuple[str, int]], backends: List[str]) -> str:
-    lines = ["| workload | backend | req/s | min–max | p50 ms | p99 ms | non-2xx | sock err | "
+def _alive_cell(runs: List[Dict[str, Any]]) -> str:
+    """'3/3', or '2/3 ⚠' when the backend stopped answering, plus the first failure."""
+    dead = sum(1 for r in runs if not r.get("alive", True))
+    errs = [r["error"] for r in runs if "error" in r]
+    text = f"{len(runs) - dead}/{len(runs)}" + (" ⚠" if dead else "")
+    if errs:
+        text += f" ({len(errs)} failed: {errs[0][:60]})"
+    return text
+
+
+def _rows(cell: List[Dict[str, Any]], pools: List[Pool], rps_key: str = "rps") -> List[Dict[str, Any]]:
+    """One row per pool that ran in this cell, fastest first."""
+    rows = []
+    for pool in pools:
+        runs = [r for r in cell if r["backend"] == pool.label]
+        if runs:
+            ok = [r for r in runs if rps_key in r]
+            rows.append({"pool": pool, "name": pool.label, "rps": median([r[rps_key] for r in ok]),
+                         "runs": runs, "ok": ok})
+    rows.sort(key=lambda row: -(row["rps"] or 0))
+    return rows
+
+
+def _rps_cell(row: Dict[str, Any]) -> str:
+    text = fmt_int(row["rps"])
+    return f"**{text}**" if row["pool"].backend.name == "wsgi_fcgi" else text
+
+
+def _range_cell(ok: List[Dict[str, Any]], key: str = "rps") -> str:
+    return f"{fmt_int(min(r[key] for r in ok))}–{fmt_int(max(r[key] for r in ok))}" if ok else "–"
+
+
+def summarise(records: List[Dict[str, Any]], cells: List[Tuple[str, int]], pools: List[Pool]) -> str:
+    """The CPU-bound cells: req/s, latency and CPU per request, ratios to flup and the C floor."""
+    lines = ["| workload | backend | procs × threads | req/s | min–max | p50 ms | p99 ms | non-2xx | sock err | "
              "backend CPU µs/req (kernel part) | nginx CPU µs/req | wrk CPU µs/req | vs flup (per-rep range) | "
              "vs libfcgi-c | alive after run |",
-             "|" + "---|" * 14]
+             "|" + "---|" * 15]
     for wname, conns in cells:
         cell = [r for r in records if r["workload"] == wname and r["conns"] == conns]
         reps = sorted({r["rep"] for r in cell})
@@ -697,16 +831,7 @@ def summarise(records: List[Dict[str, Any]], cells: List[Tuple[str, int]], backe
         def rps_by_rep(name: str, cell: List[Dict[str, Any]] = cell) -> Dict[int, float]:
             return {r["rep"]: r["rps"] for r in cell if r["backend"] == name and "rps" in r}
 
-        rows = []
-        for name in backends:
-            runs = [r for r in cell if r["backend"] == name]
-            if not runs:
-                continue
-            ok = [r for r in runs if "rps" in r]
-            rps = [r["rps"] for r in ok]
-            row = {"name": name, "rps": median(rps), "runs": runs, "ok": ok}
-            rows.append(row)
-        rows.sort(key=lambda row: -(row["rps"] or 0))
+        rows = _rows(cell, pools)
         first = True
         for row in rows:
             ok, runs = row["ok"], row["runs"]
@@ -722,52 +847,114 @@ def summarise(records: List[Dict[str, Any]], cells: List[Tuple[str, int]], backe
                     ratios.append(text)
                 else:
                     ratios.append("–")
-            dead = sum(1 for r in runs if not r.get("alive", True))
-            errs = [r["error"] for r in runs if "error" in r]
-            alive_text = f"{len(runs) - dead}/{len(runs)}" + (" ⚠" if dead else "")
-            if errs:
-                alive_text += f" ({len(errs)} failed: {errs[0][:60]})"
             lines.append("| " + " | ".join([
-                f"{wname} c{conns}" if first else "", row["name"],
-                f"**{fmt_int(row['rps'])}**" if row["name"] == "wsgi_fcgi" else fmt_int(row["rps"]),
-                f"{fmt_int(min(r['rps'] for r in ok))}–{fmt_int(max(r['rps'] for r in ok))}" if ok else "–",
-                fmt(median([r["p50_ms"] for r in ok])), fmt(median([r["p99_ms"] for r in ok])),
+                f"{wname} c{conns}" if first else "", row["name"], row["pool"].shape, _rps_cell(row),
+                _range_cell(ok), fmt(median([r["p50_ms"] for r in ok])), fmt(median([r["p99_ms"] for r in ok])),
                 str(sum(r["non2xx"] for r in ok)), str(sum(r["sock_errors"] for r in ok)),
                 _cpu_cell(ok), fmt(median([r["nginx_cpu_us"] for r in ok]), 0),
-                fmt(median([r["wrk_cpu_us"] for r in ok]), 0), ratios[0], ratios[1], alive_text]) + " |")
+                fmt(median([r["wrk_cpu_us"] for r in ok]), 0), ratios[0], ratios[1], _alive_cell(runs)]) + " |")
             first = False
     return "\n".join(lines)
 
 
-def memory_table(records: List[Dict[str, Any]], backends: List[str]) -> str:
+def summarise_wait(records: List[Dict[str, Any]], cells: List[Tuple[str, int]], pools: List[Pool]) -> str:
+    """The waiting cells (wait_50ms): what counts is how close a pool comes to the most its
+    processes × threads can serve, ideal = workers × threads / wait, and the latency it adds
+    to the wait. req/s counts 2xx answers only: flup's threaded server answers 502 at once
+    when its threads are busy, and those would count as fast requests."""
+    lines = ["| workload | backend | procs × threads | 2xx req/s | min–max | ideal req/s | ÷ ideal | p50 ms | "
+             "p99 ms | p99 ÷ wait | latency floor ms | non-2xx | sock err | "
+             "backend CPU µs per 2xx (kernel part) | alive after run |",
+             "|" + "---|" * 15]
+    for wname, conns in cells:
+        wait_ms = WORKLOADS[wname].wait_s * 1000
+        cell = [r for r in records if r["workload"] == wname and r["conns"] == conns]
+        for i, row in enumerate(_rows(cell, pools, "ok_rps")):
+            ok, pool = row["ok"], row["pool"]
+            ideal = pool.slots / WORKLOADS[wname].wait_s
+            # more connections than slots queue: every request also waits for a slot (Little's law)
+            floor_ms = wait_ms * max(1.0, conns / pool.slots)
+            p99 = median([r["p99_ms"] for r in ok])
+            lines.append("| " + " | ".join([
+                f"{wname} c{conns}" if i == 0 else "", row["name"], pool.shape, _rps_cell(row),
+                _range_cell(ok, "ok_rps"), fmt_int(ideal), fmt(row["rps"] / ideal) if row["rps"] else "–",
+                fmt(median([r["p50_ms"] for r in ok]), 1), fmt(p99, 1), fmt(p99 / wait_ms) if p99 else "–",
+                fmt(floor_ms, 0), str(sum(r["non2xx"] for r in ok)), str(sum(r["sock_errors"] for r in ok)),
+                _cpu_cell([_per_2xx(r) for r in ok]), _alive_cell(row["runs"])]) + " |")
+    return "\n".join(lines)
+
+
+def _per_2xx(rec: Dict[str, Any]) -> Dict[str, Any]:
+    """The record with its backend CPU spread over the 2xx answers only (flup's instant 502s
+    would otherwise halve its CPU per request)."""
+    scale = rec["requests"] / max(rec["requests"] - rec["non2xx"], 1)
+    return dict(rec, backend_cpu_us=rec["backend_cpu_us"] * scale, backend_sys_us=rec["backend_sys_us"] * scale)
+
+
+def _procs_cell(memory: Dict[str, Any], threads: int) -> str:
+    """'1+2', or '1+2 × 16' for a threaded pool: master + workers as found in /proc."""
+    text = f"{1 if memory['master'] else 0}+{len(memory['workers'])}"
+    return text + (f" × {threads}" if threads > 1 else "")
+
+
+def pool_pss(memory: Dict[str, Any]) -> float:
+    """Total PSS of a pool, master + every worker (MiB): what the pool costs the machine,
+    shared pages counted once."""
+    return sum(w["pss"] for w in memory["workers"]) + (memory["master"]["pss"] if memory["master"] else 0)
+
+
+def memory_table(records: List[Dict[str, Any]], pools: List[Pool]) -> str:
     workloads = sorted({r["workload"] for r in records}, key=list(WORKLOADS).index)
     head = ["backend", "procs", "master RSS", "worker RSS idle", "worker PSS idle", "total PSS idle"]
     head += [f"worker RSS after {w} (max)" for w in workloads]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in backends:
-        runs = [r for r in records if r["backend"] == name]
+    header_only = len(lines)
+    for pool in pools:
+        runs = [r for r in records if r["backend"] == pool.label]
         idle = next((r["memory_idle"] for r in runs if r.get("memory_idle") and r["workload"] != "flask"), None)
         if idle is None:
             continue
         workers = idle["workers"]
         master = idle["master"]
-        total = sum(w["pss"] for w in workers) + (master["pss"] if master else 0)
-        row = [name, f"{1 if master else 0}+{len(workers)}", fmt(master["rss"], 1) if master else "–",
+        row = [pool.label, _procs_cell(idle, pool.threads), fmt(master["rss"], 1) if master else "–",
                fmt(max(w["rss"] for w in workers), 1) if workers else "–",
-               fmt(statistics.mean(w["pss"] for w in workers), 1) if workers else "–", fmt(total, 1)]
+               fmt(statistics.mean(w["pss"] for w in workers), 1) if workers else "–", fmt(pool_pss(idle), 1)]
         for w in workloads:
             after = [x["rss"] for r in runs if r["workload"] == w and r.get("memory_after")
                      for x in r["memory_after"]["workers"]]
             row.append(fmt(max(after), 1) if after else "–")
         lines.append("| " + " | ".join(row) + " |")
+    if len(lines) == header_only:
+        lines = []  # Flask cells only: their idle line below says it
     flask_idle = {r["backend"]: r["memory_idle"] for r in records
                   if r["workload"] == "flask" and r.get("memory_idle")}
     if flask_idle:
-        lines.append("")
+        lines += [""] if lines else []
         lines.append("Idle with the Flask app loaded (flaskapp:app): " + "; ".join(
             f"{name} worker RSS {fmt(max(w['rss'] for w in m['workers']), 1)} / PSS "
             f"{fmt(statistics.mean(w['pss'] for w in m['workers']), 1)}"
             for name, m in flask_idle.items() if m["workers"]))
+    lines += ["", pool_memory_table(records, pools)]
+    return "\n".join(lines)
+
+
+def pool_memory_table(records: List[Dict[str, Any]], pools: List[Pool]) -> str:
+    """Total PSS of each pool after each cell's run: idle again, and the run has had every
+    process and every thread serve (the booted figures above are before any request)."""
+    cells = sorted({(r["workload"], r["conns"]) for r in records if r.get("memory_after")},
+                   key=lambda c: (list(WORKLOADS).index(c[0]), c[1]))
+    head = ["backend", "procs"] + [f"pool PSS after {w} c{c}" for w, c in cells]
+    lines = ["Whole pool (master + every worker), PSS in MiB, median over the repetitions, read once the "
+             "run is over and the pool idle:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for pool in pools:
+        runs = [r for r in records if r["backend"] == pool.label and r.get("memory_after")]
+        if not runs:
+            continue
+        row = [pool.label, _procs_cell(runs[-1]["memory_after"], pool.threads)]
+        for w, c in cells:
+            row.append(fmt(median([pool_pss(r["memory_after"]) for r in runs
+                                   if r["workload"] == w and r["conns"] == c]), 1))
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -825,30 +1012,35 @@ def parse_cells(text: str) -> List[Tuple[str, int]]:
 
 def mode_matrix(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
     cells = parse_cells(args.cells)
-    backends = args.backends
+    pools = args.pools
     records: List[Dict[str, Any]] = []
-    total = sum(1 for w, _ in cells for b in backends if WORKLOADS[w].app in BACKENDS[b].apps) * args.reps
+    total = sum(1 for w, _ in cells for p in pools if p.backend.serves(WORKLOADS[w])) * args.reps
     done = 0
     t0 = time.monotonic()
     for rep in range(args.reps):
         for wname, conns in cells:
             workload = WORKLOADS[wname]
-            for name in backends:
-                backend = BACKENDS[name]
-                if workload.app not in backend.apps:
+            for pool in pools:
+                if not pool.backend.serves(workload):
                     continue
-                rec = one_run(backend, workload, conns, rep, opts)
+                rec = one_run(pool, workload, conns, rep, opts)
                 records.append(rec)
                 done += 1
                 status = (f"{rec['rps']:8.0f} req/s  backend {rec['backend_cpu_us']:6.0f} µs/req  "
                           f"nginx {rec['nginx_cpu_us']:5.0f}" if "rps" in rec else rec.get("error", "?"))
                 flag = "" if rec.get("alive", True) else "  ⚠ DEAD after the run"
                 print(f"[{done}/{total} {time.monotonic() - t0:5.0f}s] rep {rep + 1} {wname} c{conns} "
-                      f"{name:15s} {status}{flag}", file=sys.stderr, flush=True)
+                      f"{pool.label:15s} {status}{flag}", file=sys.stderr, flush=True)
                 (opts.results / "runs.json").write_text(json.dumps(records, indent=1))
-    table = summarise(records, cells, backends)
-    mem = memory_table(records, backends)
-    return {"records": records, "table": table, "memory": mem}
+    busy = [c for c in cells if not WORKLOADS[c[0]].wait_s]
+    waiting = [c for c in cells if WORKLOADS[c[0]].wait_s]
+    tables = ([summarise(records, busy, pools)] if busy else []) + \
+        ([summarise_wait(records, waiting, pools)] if waiting else [])
+    skipped = [f"{p.label} ({w})" for w, _ in cells for p in pools if not p.backend.serves(WORKLOADS[w])]
+    if skipped:
+        tables.append("Not run, the backend has no such workload: " + ", ".join(dict.fromkeys(skipped)))
+    mem = memory_table(records, pools)
+    return {"records": records, "table": "\n\n".join(tables), "memory": mem}
 
 
 # --- direct mode: FastCGI straight to the backend socket
@@ -859,24 +1051,25 @@ def mode_direct(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
     import fcgiload
 
     workloads = [w for w in args.direct_workloads.split(",")]
-    backends = [b for b in args.backends if BACKENDS[b].upstream == "fastcgi"]
+    pools = [p for p in args.pools if p.backend.upstream == "fastcgi"]
+    backends = [p.label for p in pools]
     records = []
     for rep in range(args.reps):
         for wname in workloads:
             workload = WORKLOADS[wname]
             request = fcgiload.build_request(workload.path, workload.body)
-            for name in backends:
-                backend = BACKENDS[name]
-                if workload.app not in backend.apps:
+            for pool in pools:
+                name = pool.label
+                if not pool.backend.serves(workload):
                     continue
                 rec: Dict[str, Any] = {"backend": name, "workload": wname, "rep": rep, "procs": args.direct_procs}
                 tmp = Path(tempfile.mkdtemp(prefix="wsgi_fcgi-bench-"))
                 sock = str(tmp / "backend.sock")
                 proc = None
                 try:
-                    proc = backend.start(sock, workload.app, opts.workers, tmp / "backend.log")
+                    proc = pool.start(sock, workload.app, tmp / "backend.log")
                     wait_unix_socket(sock, proc)
-                    for _ in range(10 * opts.workers):
+                    for _ in range(10 * pool.workers):
                         good, _, head = fcgiload.one_request(sock, request)
                         if not good:
                             raise RuntimeError(f"bad answer {head[:80]!r}")
@@ -944,8 +1137,8 @@ def sample_rss(proc: Proc, stop: threading.Event, samples: List[Tuple[float, Dic
 def mode_memory(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
     records = []
     gib = 1 << 30
-    for name in args.backends:
-        backend = BACKENDS[name]
+    for pool in args.pools:
+        name, backend = pool.label, pool.backend
         tmp = Path(tempfile.mkdtemp(prefix="wsgi_fcgi-bench-"))
         sock = str(tmp / "backend.sock")
         upload = tmp / "upload.bin"
@@ -954,10 +1147,10 @@ def mode_memory(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
         proc = nginx = None
         rec: Dict[str, Any] = {"backend": name}
         try:
-            proc = backend.start(sock, "apps:application", opts.workers, tmp / "backend.log")
+            proc = pool.start(sock, "apps:application", tmp / "backend.log")
             wait_unix_socket(sock, proc)
             nginx = Nginx(tmp, sock, backend.upstream, opts.keep_conn, opts.nginx, opts.big_buffers)
-            warm_up(nginx.port, WORKLOADS["hello"], 2 * opts.workers)
+            warm_up(nginx.port, WORKLOADS["hello"], 2 * pool.workers)
             time.sleep(0.5)
             rec["idle"] = backend_memory(proc, backend)
             master = proc.popen.pid if backend.has_master else None
@@ -1054,21 +1247,21 @@ def mode_trace(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
     workloads = args.diag_workloads.split(",")
     records = []
     n = args.trace_requests
-    for name in args.backends:
-        backend = BACKENDS[name]
+    for pool in args.pools:
+        name, backend = pool.label, pool.backend
         for wname in workloads:
             workload = WORKLOADS[wname]
-            if workload.app not in backend.apps:
+            if not backend.serves(workload):
                 continue
             tmp = Path(tempfile.mkdtemp(prefix="wsgi_fcgi-bench-"))
             sock = str(tmp / "backend.sock")
             proc = nginx = strace = None
             rec: Dict[str, Any] = {"backend": name, "workload": wname, "requests": n}
             try:
-                proc = backend.start(sock, workload.app, opts.workers, tmp / "backend.log")
+                proc = pool.start(sock, workload.app, tmp / "backend.log")
                 wait_unix_socket(sock, proc)
                 nginx = Nginx(tmp, sock, backend.upstream, opts.keep_conn, opts.nginx, opts.big_buffers)
-                warm_up(nginx.port, workload, 2 * opts.workers)
+                warm_up(nginx.port, workload, 2 * pool.workers)
                 time.sleep(0.3)
                 # 1. one request, every syscall (the shape of a request)
                 out1 = opts.results / f"strace-{name}-{wname}-one.txt"
@@ -1114,7 +1307,7 @@ def mode_trace(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
     lines = [f"Syscalls per request, whole backend process tree, strace -f -c over {n} sequential requests "
              "through nginx (calls with count/request ≥ 0.5 listed):", "",
              "| backend | " + " | ".join(workloads) + " |", "|" + "---|" * (len(workloads) + 1)]
-    for name in args.backends:
+    for name in (p.label for p in args.pools):
         row = [name]
         for wname in workloads:
             rec = next((r for r in records if r["backend"] == name and r["workload"] == wname), None)
@@ -1183,8 +1376,8 @@ def mode_profile(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
     if not pyspy:
         raise SystemExit("py-spy not found: bench/setup.sh installs it into bench/.venv")
     workloads = args.diag_workloads.split(",")
-    name = args.profile_backend
-    backend = BACKENDS[name]
+    pool = parse_pool(args.profile_backend, opts.workers, args.threads)
+    name, backend = pool.label, pool.backend
     sections = []
     records = []
     for wname in workloads:
@@ -1194,10 +1387,10 @@ def mode_profile(args: argparse.Namespace, opts: Options) -> Dict[str, Any]:
         proc = nginx = None
         rec: Dict[str, Any] = {"backend": name, "workload": wname}
         try:
-            proc = backend.start(sock, workload.app, opts.workers, tmp / "backend.log")
+            proc = pool.start(sock, workload.app, tmp / "backend.log")
             wait_unix_socket(sock, proc)
             nginx = Nginx(tmp, sock, backend.upstream, opts.keep_conn, opts.nginx, opts.big_buffers)
-            warm_up(nginx.port, workload, 2 * opts.workers)
+            warm_up(nginx.port, workload, 2 * pool.workers)
             workers = [p for p in proc.pids() if p != proc.popen.pid] if backend.has_master else proc.pids()
             target = workers[0]
             for gil in (False, True):
@@ -1250,10 +1443,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
     ap.add_argument("-r", "--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     ap.add_argument("-w", "--workers", type=int, default=2, help="worker processes per backend (default 2)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads per worker process for every backend (default 1: each backend's plain "
+                         "prefork command, no thread option); libfcgi-c stays at 1")
     ap.add_argument("--cells", default=DEFAULT_CELLS, help=f"workload:connections,… (default {DEFAULT_CELLS}); "
                     f"workloads: {', '.join(WORKLOADS)}")
     ap.add_argument("--backends", default=",".join(BACKENDS),
-                    help=f"comma-separated, in run order (default {','.join(BACKENDS)})")
+                    help=f"comma-separated, in run order (default {','.join(BACKENDS)}); NAME:THREADS or "
+                         "NAME:WORKERSxTHREADS overrides -w/--threads for that row, e.g. "
+                         "wsgi_fcgi:16,wsgi_fcgi:1 or wsgi_fcgi:2x16,wsgi_fcgi:32x1")
     ap.add_argument("--keep-conn", action="store_true", help="fastcgi_keep_conn on + upstream keepalive 32")
     ap.add_argument("--big-buffers", action="store_true",
                     help="nginx fastcgi/proxy/uwsgi_buffers 16 64k instead of the default 8 4k")
@@ -1275,16 +1473,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--diag-workloads", default=None,
                     help="default: hello,json_1k,big_1m,post_1m,flask (trace), hello,big_1m (profile)")
     ap.add_argument("--trace-requests", type=int, default=200)
-    ap.add_argument("--profile-backend", default="wsgi_fcgi")
+    ap.add_argument("--profile-backend", default="wsgi_fcgi", help="NAME[:THREADS | :WORKERSxTHREADS]")
     ap.add_argument("--baseline", metavar="DIR",
                     help="also run DIR/wsgi_fcgi as backend wsgi_fcgi-base, interleaved with the others, to "
-                         "compare two versions (e.g. a `git worktree` of an earlier commit)")
+                         "compare two versions (e.g. a `git worktree` of an earlier commit); it runs with 1 "
+                         "thread unless --backends names it (wsgi_fcgi-base:4)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    for b in args.backends:
-        if b not in BACKENDS:
-            raise SystemExit(f"unknown backend {b!r}; known: {', '.join(BACKENDS)}")
+    if args.threads < 1 or args.workers < 1:
+        raise SystemExit("-w and --threads are at least 1")
     if args.diag_workloads is None:
         args.diag_workloads = "hello,json_1k,big_1m,post_1m,flask" if args.diag == "trace" else "hello,big_1m"
     if args.wsgi_fcgi_args:
@@ -1296,9 +1493,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         BACKENDS["wsgi_fcgi-base"] = Backend("wsgi_fcgi-base", "fastcgi", True, _wsgi_fcgi, src=base,
                                              extra_args=BACKENDS["wsgi_fcgi"].extra_args)
         FASTCGI_BACKENDS.append("wsgi_fcgi-base")
-        args.backends.insert(args.backends.index("wsgi_fcgi") + 1 if "wsgi_fcgi" in args.backends else 0,
-                             "wsgi_fcgi-base")
-    if "libfcgi-c" in args.backends and not C_HELLO.exists():
+    args.pools = parse_pools(args.backends, args.workers, args.threads)
+    if args.baseline and not any(p.backend.name == "wsgi_fcgi-base" for p in args.pools):
+        # after the last wsgi_fcgi row; 1 thread, since a baseline is usually code from before --threads
+        after = [i for i, p in enumerate(args.pools) if p.backend.name == "wsgi_fcgi"]
+        args.pools.insert(after[-1] + 1 if after else 0, Pool("wsgi_fcgi-base", BACKENDS["wsgi_fcgi-base"],
+                                                              args.workers, 1))
+    if any(p.backend.name == "libfcgi-c" for p in args.pools) and not C_HELLO.exists():
         raise SystemExit(f"{C_HELLO} is missing: run bash bench/setup.sh (or gcc -O2 -o {C_HELLO} "
                          f"{C_HELLO}.c -lfcgi -lz)")
 
