@@ -26,11 +26,12 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from support import REPO_ROOT
-from support.fastcgi import children_of, raw_connect, request_bytes, wait_for
+from support.fastcgi import children_of, is_end, raw_connect, read_events, request_bytes, wait_for
 from support.httpclient import HTTPClient
 from support.load import KeepaliveNginx
 from support.processes import WsgiFcgiServer
-from wsgi_fcgi.client import Client, FastCGIError, Response
+from wsgi_fcgi import protocol as p
+from wsgi_fcgi.client import Client, FastCGIError, Response, parse_cgi_response
 
 APPS_DIR = REPO_ROOT / "tests" / "apps"
 APP = "threads_app:app"
@@ -180,6 +181,25 @@ def test_behind_nginx_with_kept_connections(threads_server, tmp_path: Path) -> N
             results = in_parallel([lambda: http.get("/barrier") for _ in range(4)])
             assert [r.status for r in results] == [200] * 4, results
             assert all(r.body.endswith(b"passed") for r in results)
+
+
+def test_a_kept_connection_with_a_request_waits_for_a_free_thread(threads_server) -> None:
+    """A request sent on an idle kept connection while every thread is busy is
+    served as soon as one is free (only this worker can serve it)."""
+    srv = threads_server("--workers", "1", "--threads", "2")
+    sock = raw_connect(srv.address)
+    sock.sendall(request_bytes(1, "/pid", keep_conn=True))
+    assert any(isinstance(e, p.EndRequest) for e in read_events(sock, is_end))  # now idle, kept
+    held = Background([lambda: srv.get("/hold?id=a"), lambda: srv.get("/hold?id=b")])
+    srv.arrived("a", "b")
+    sock.sendall(request_bytes(2, "/pid", keep_conn=True))  # sent while no thread is free
+    srv.release()
+    assert statuses(held.results()) == [200, 200]
+    events = read_events(sock, is_end)
+    assert is_end(events[-1])
+    status, _, _, body = parse_cgi_response(b"".join(e.data for e in events if isinstance(e, p.Stdout)))
+    assert status == 200 and body.endswith(b"1")
+    sock.close()
 
 
 # --- the status page ------------------------------------------------------------------

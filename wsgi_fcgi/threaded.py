@@ -8,11 +8,14 @@ closes or goes idle, then hands it back on a second queue (and a byte on a
 pipe wakes the loop), and the loop parks it again. No thread is tied to an
 idle connection.
 
-The loop alone counts the connections it has handed out. When all N threads
-are busy it takes the listening sockets out of its epoll set, so the kernel
-gives new connections to another worker rather than this one queueing them.
-A kept connection on which a request arrives while every thread is busy
-waits for the next free thread: only this worker can serve it.
+``busy`` counts the threads that hold a connection. When all N are busy the
+loop takes the listening sockets out of its epoll set, so the kernel gives new
+connections to another worker rather than this one queueing them. A thread
+that finishes while all were busy takes the next connection itself -- a kept
+one with a request waiting first (only this worker can serve it), else one
+from the listen queue -- and tells the loop only if it found none (so the
+loop listens again) or has a kept connection to park. Under load a request
+then costs no round trip through the loop; without load, only the hand-off.
 
 Signal handlers only set flags (they run in the main thread, which is always
 in the loop, never in a request); the loop acts on them. A request past
@@ -21,9 +24,12 @@ stack, stops accepting, lets the other threads finish (the master allows
 --graceful-timeout) and exits.
 
 Shared between threads, with no reliance on the GIL (free-threaded builds):
-the two queues (``queue.SimpleQueue``), the request counter (a lock), and
-``alive``, a flag only ever set to False. Each thread writes only its own
-scoreboard slot and the connection it was handed.
+the two queues (``queue.SimpleQueue``) and the deque of waiting connections
+(appends and pops are atomic), ``busy``, the stuck set and the request counter
+(one lock), and ``alive``, a flag only ever set to False. Each thread writes
+only its own scoreboard slot and the connection it holds. The handler's
+module-level caches (checked header names, lru_cache'd records) hold values
+that are the same whoever computes them.
 """
 
 from __future__ import annotations
@@ -47,9 +53,6 @@ from .worker import (DRAIN_SECONDS, NOTHING_TO_ACCEPT, QUIET_BEFORE_CLOSE, Conne
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
-Finished = Tuple[int, Connection, bool]  # thread index, its connection, keep it (idle)?
-
-
 class ThreadedWorker(Worker):
     """A Worker whose requests run on ``len(slots)`` threads, one scoreboard slot each."""
 
@@ -60,15 +63,16 @@ class ThreadedWorker(Worker):
         self.slots = list(slots)
         self.timeout = timeout
         self.slow_request_timeout = slow_request_timeout
-        self.busy = 0  # connections handed to threads and not back yet (the loop's count)
+        self._lock = threading.Lock()  # busy, _stuck, requests
+        self.busy = 0  # threads that hold a connection
         self._ready: queue.SimpleQueue[Optional[Connection]] = queue.SimpleQueue()
-        self._finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        # Threads to the loop: a kept connection to park, or None for "a thread is free".
+        self._finished: queue.SimpleQueue[Optional[Connection]] = queue.SimpleQueue()
         self._finished_r = self._finished_w = -1
         self._waiting: Deque[Connection] = deque()  # kept connections with a request, no thread free
         self._stuck: Set[int] = set()  # threads whose request passed --timeout
         self._idents: List[int] = [0] * self.threads
         self._slow_reported: Dict[int, float] = {}  # thread -> busy_since of the request logged as slow
-        self._count_lock = threading.Lock()
         self._abort_asked = self._slow_asked = False
         self._drain_until = 0.0
 
@@ -87,23 +91,64 @@ class ThreadedWorker(Worker):
             conn = self._ready.get()
             if conn is None:
                 return
-            keep = False
+            while True:
+                keep = self._serve_safely(conn, slot)
+                following = None if keep else self._next_while_saturated()
+                if following is None:
+                    break
+                conn = following
+            self._release_thread(index, conn if keep else None)
+
+    def _serve_safely(self, conn: Connection, slot: Slot) -> bool:
+        try:
+            return self._serve_requests(conn, slot)
+        except BaseException:  # noqa: B902 - a bug must cost this connection only, never the thread
+            error_log.exception("worker %d: unexpected error on a connection from %s", os.getpid(),
+                                conn.peer or "peer")
+            conn.close()
+            return False
+
+    def _next_while_saturated(self) -> Optional[Connection]:
+        """With every thread busy the loop is not listening: take the next
+        connection here, a waiting kept one first. (A stale look at ``busy``
+        costs at most one round trip through the loop.)"""
+        if not self.alive or self.busy < self.threads:
+            return None
+        if self._waiting:
             try:
-                keep = self._serve_requests(conn, slot)
-            except BaseException:  # noqa: B902 - a bug must cost this connection only, never the thread
-                error_log.exception("worker %d: unexpected error on a connection from %s", os.getpid(),
-                                    conn.peer or "peer")
-                conn.close()
-            self._finished.put((index, conn, keep))
-            try:
-                os.write(self._finished_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups the loop has not read yet: it will look
+                return self._waiting.popleft()
+            except IndexError:
+                pass  # the loop or another thread took it meanwhile
+        for listener in self.listeners.values():
+            conn = self._take_connection(listener, pause_on_error=False)
+            if conn is not NOTHING_TO_ACCEPT and conn is not None:
+                return conn  # type: ignore[no-any-return]
+        return None
+
+    def _release_thread(self, index: int, to_park: Optional[Connection]) -> None:
+        """This thread is free. The loop hears of it only when that changes
+        what it does: it parks a kept connection, listens again after all
+        threads were busy, or ends once told to stop."""
+        with self._lock:
+            was_full = self.busy >= self.threads
+            self.busy -= 1
+            self._stuck.discard(index)
+        if to_park is None and not was_full and self.alive:
+            return
+        self._finished.put(to_park)
+        try:
+            os.write(self._finished_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups the loop has not read yet: it will look
 
     def _count_request(self, slot: Slot) -> None:
         slot.end()
-        with self._count_lock:
+        with self._lock:
             self.requests += 1
+
+    def _free_threads(self) -> int:
+        with self._lock:
+            return self.threads - self.busy
 
     # --- the loop
     def run(self) -> None:
@@ -159,8 +204,9 @@ class ThreadedWorker(Worker):
             self._set_listening(False)
         if self.idle:
             self._close_quiet(limit=len(self.idle))
-        requests_left = self.busy > len(self._stuck) or self._waiting
-        return not requests_left and (not self.idle or now >= self._drain_until)
+        with self._lock:
+            requests_left = self.busy > len(self._stuck)
+        return not (requests_left or self._waiting) and (not self.idle or now >= self._drain_until)
 
     def _poll_timeout(self) -> float:
         if self.draining:
@@ -168,16 +214,17 @@ class ThreadedWorker(Worker):
         return super()._poll_timeout()
 
     def _wants_connections(self) -> bool:
-        return super()._wants_connections() and self.busy < self.threads and not self._waiting
+        return super()._wants_connections() and self._free_threads() > 0 and not self._waiting
 
     def _hand_off(self, conn: Connection) -> None:
-        self.busy += 1
+        with self._lock:
+            self.busy += 1
         self._ready.put(conn)
 
     def _accept_for_free_threads(self, listener: Any) -> None:
         """Accept as many queued connections as there are free threads, then
         stop watching the listeners if none is left."""
-        while self._listening and self.busy < self.threads:
+        while self._listening and self._free_threads() > 0:
             conn = self._take_connection(listener)
             if conn is NOTHING_TO_ACCEPT:
                 break
@@ -190,7 +237,7 @@ class ThreadedWorker(Worker):
         conn = self.idle.pop(fd)
         assert self._epoll is not None
         self._epoll.unregister(fd)
-        if self.busy < self.threads:
+        if self._free_threads() > 0:
             self._hand_off(conn)
         else:
             self._waiting.append(conn)
@@ -202,15 +249,17 @@ class ThreadedWorker(Worker):
         drain_pipe(self._finished_r)
         while True:
             try:
-                index, conn, keep = self._finished.get_nowait()
+                conn = self._finished.get_nowait()
             except queue.Empty:
                 break
-            self.busy -= 1
-            self._stuck.discard(index)
-            if keep:
+            if conn is not None:
                 self._park(conn)
-        while self._waiting and self.busy < self.threads:
-            self._hand_off(self._waiting.popleft())
+        while self._waiting and self._free_threads() > 0:
+            try:
+                conn = self._waiting.popleft()
+            except IndexError:  # a thread took it
+                break
+            self._hand_off(conn)
         self._set_listening(self._wants_connections())
 
     # --- timeouts and slow requests, per thread
@@ -237,13 +286,15 @@ class ThreadedWorker(Worker):
         own thread's stack, then retire the worker (a thread cannot be killed)."""
         timed_out = self._over(self.timeout)
         for index, state in timed_out:
-            self._stuck.add(index)
+            with self._lock:
+                self._stuck.add(index)
             frame = self._stack_of(index)
             stack = "".join(traceback.format_stack(frame)) if frame else ""
             error_log.error("worker %d: thread %d timed out after %.1fs handling %s; it is here:\n%s",
                             os.getpid(), index, time.monotonic() - state.busy_since, state.request or "a request",
                             stack.rstrip())
-        others = self.busy - len(self._stuck)
+        with self._lock:
+            others = self.busy - len(self._stuck)
         error_log.error("worker %d retires: a thread cannot be killed, so it takes no new connections; "
                         "its %d other request(s) in progress may finish", os.getpid(), max(others, 0))
         self.alive = False

@@ -522,10 +522,11 @@ class Worker:
             self._serve(conn)
         return True
 
-    def _take_connection(self, listener: socket.socket) -> Any:
+    def _take_connection(self, listener: socket.socket, pause_on_error: bool = True) -> Any:
         """The next connection on ``listener``: a Connection, None when one was
         taken but is not served (refused peer, aborted), NOTHING_TO_ACCEPT when
-        the queue is empty or accepting must pause."""
+        the queue is empty or accepting must pause (``pause_on_error``: the
+        caller owns the epoll set, and pauses it)."""
         try:
             # _accept and the C-level socket type skip socket.py's wrapper
             # (timeout bookkeeping and io refcounts we never use): per request.
@@ -534,7 +535,8 @@ class Worker:
             return NOTHING_TO_ACCEPT  # the queue is empty, or another worker took it
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                self._pause_accepting(exc.strerror or str(exc))
+                if pause_on_error:
+                    self._pause_accepting(exc.strerror or str(exc))
                 return NOTHING_TO_ACCEPT
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                 return None
