@@ -390,6 +390,40 @@ def test_a_stuck_request_body_does_not_block_the_other_threads(threads_server) -
     assert statuses(results) == [200, 200]
 
 
+def test_an_abort_ends_only_its_own_request(threads_server) -> None:
+    """FCGI_ABORT_REQUEST while the app waits for the body: that request ends
+    (END_REQUEST, the connection stays usable); the other thread's goes on."""
+    srv = threads_server("--workers", "1", "--threads", "2")
+    held = Background([lambda: srv.get("/hold?id=h")])
+    srv.arrived("h")
+    sock = raw_connect(srv.address)
+    whole = request_bytes(1, "/post", body=b"x" * 100, keep_conn=True)
+    body_records = len(b"".join(p.encode_stream(p.FCGI_STDIN, 1, b"x" * 100))) + len(p.encode_record(p.FCGI_STDIN, 1))
+    head = whole[:-body_records]  # BEGIN_REQUEST and PARAMS (CONTENT_LENGTH 100)
+    sock.sendall(head + p.encode_record(p.FCGI_STDIN, 1, b"x" * 10) + p.encode_record(p.FCGI_ABORT_REQUEST, 1))
+    assert is_end(read_events(sock, is_end)[-1])
+    sock.sendall(request_bytes(2, "/pid", keep_conn=True))  # the same connection serves on
+    assert is_end(read_events(sock, is_end)[-1])
+    sock.close()
+    srv.release()
+    assert statuses(held.results()) == [200]
+
+
+def test_limits_and_logs_apply_per_request(threads_server, tmp_path: Path) -> None:
+    access_log = tmp_path / "access.log"
+    srv = threads_server("--workers", "1", "--threads", "3", "--limit-request-body", "10",
+                         "--access-logfile", str(access_log), "--access-logformat", "%(r)s %(s)s")
+    results = in_parallel([lambda: Client(srv.address, timeout=30).request("/post", method="POST", body=b"y" * 11),
+                           lambda: Client(srv.address, timeout=30).request("/post", method="POST", body=b"y" * 10),
+                           lambda: srv.get("/pid")])
+    assert statuses(results) == [413, 200, 200]
+    assert results[1].body == b"10"
+    wait_for(lambda: access_log.exists() and len(access_log.read_text().splitlines()) == 3, timeout=10,
+             what="three access log lines")
+    assert sorted(access_log.read_text().splitlines()) == ["GET /pid HTTP/1.1 200", "POST /post HTTP/1.1 200",
+                                                           "POST /post HTTP/1.1 413"]
+
+
 # --- pool sizing and fd 0 ---------------------------------------------------------------------
 
 
