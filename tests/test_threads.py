@@ -29,7 +29,7 @@ from support import REPO_ROOT
 from support.fastcgi import children_of, is_end, raw_connect, read_events, request_bytes, wait_for
 from support.httpclient import HTTPClient
 from support.load import KeepaliveNginx
-from support.processes import WsgiFcgiServer
+from support.processes import ManagedProcess, WsgiFcgiServer, can_connect
 from wsgi_fcgi import protocol as p
 from wsgi_fcgi.client import Client, FastCGIError, Response, parse_cgi_response
 
@@ -477,3 +477,25 @@ def test_bad_threads_value_is_refused() -> None:
         assert result.returncode == 2
         assert f"--threads: {reason}" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_gunicorn_worker_class_says_it_ignores_threads(tmp_path: Path) -> None:
+    """gunicorn's --threads is not honoured by FastCGIWorker: it says so at
+    start-up and serves, one request at a time per process."""
+    pytest.importorskip("gunicorn")
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    address = f"unix:{tmp_path / 'g.sock'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APPS_DIR), str(REPO_ROOT)]),
+           "THREADS_APP_DIR": str(app_dir)}
+    gunicorn = ManagedProcess([sys.executable, "-m", "gunicorn", "-k", "wsgi_fcgi.gunicorn.FastCGIWorker",
+                               "-w", "1", "--threads", "4", "-b", address, APP],
+                              name="gunicorn", log_path=tmp_path / "gunicorn.log", cwd=tmp_path, env=env)
+    gunicorn.start()
+    try:
+        wait_for(lambda: can_connect(address), timeout=30, what="gunicorn to listen")
+        response = Client(address, timeout=30).request("/pid")
+        assert response.status == 200 and response.body.split()[1] == b"False"  # wsgi.multithread
+        assert "--threads 4 is ignored" in gunicorn.output_text()
+    finally:
+        gunicorn.stop()

@@ -209,7 +209,7 @@ class FastCGIWorker(_GunicornWorker):  # type: ignore[misc]  # gunicorn is untyp
             log.warning("FastCGIWorker speaks FastCGI; --protocol %s is ignored", protocol)
         if cfg.threads > 1:
             log.warning("FastCGIWorker serves one request at a time per process; --threads %s is ignored "
-                        "(use more --workers)", cfg.threads)
+                        "(use more --workers, or python -m wsgi_fcgi --threads %s)", cfg.threads, cfg.threads)
         try:
             _script_name(cfg)
         except ConfigError as exc:
