@@ -9,7 +9,7 @@ Where they come from, first match wins:
 
 The format is described in that directory's ``README.md`` (in ``../shared``).
 Tests that need the fixtures call ``require_fixtures_dir()``: it skips when none
-is found, except under ``CI=true``, where a missing fixture set is a failure.
+is found, except in CI (``support.ci.in_ci()``), where a missing fixture set is a failure.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import pytest
+from support.ci import missing
 
 ENV_VAR = "WSGI_FCGI_FIXTURES"
 IN_REPO_DIR = Path(__file__).resolve().parent / "fixtures" / "params"
@@ -48,9 +48,7 @@ def require_fixtures_dir() -> Path:
         f"FastCGI PARAMS fixtures not found (looked at ${ENV_VAR}={os.environ.get(ENV_VAR)!r}, "
         f"{IN_REPO_DIR}, {SHARED_DIR})"
     )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    missing(reason)
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,10 @@ import pytest
 
 from support import EXAMPLES_DIR
 from support.httpclient import HTTPClient
+from support.net import free_port
 from support.processes import WsgiFcgiServer
 from support.sites import start_app_server
-from support.webservers import Apache, free_port
+from support.webservers import Apache
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(60)]
 

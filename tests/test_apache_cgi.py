@@ -25,7 +25,8 @@ import pytest
 
 from support import EXAMPLES_DIR, FLASK_APP_DIR
 from support.httpclient import HashingPayload
-from support.sites import BARE_APP, SLASH_404, HostingHome, Site, SiteChecks, hosting_home, wait_for
+from support.sites import BARE_APP, SLASH_404, HostingHome, Site, SiteChecks, hosting_home
+from support.waiting import wait_for
 from support.webservers import Apache, TLSCert, processes_running, require_file
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(120)]

@@ -32,7 +32,8 @@ import pytest
 
 from support import EXAMPLES_DIR, FLASK_APP_DIR
 from support.httpclient import HashingPayload
-from support.sites import BARE_APP, SLASH_404, HostingHome, Site, SiteChecks, hosting_home, wait_for
+from support.sites import BARE_APP, SLASH_404, HostingHome, Site, SiteChecks, hosting_home
+from support.waiting import wait_for
 from support.webservers import UNPRIVILEGED_USER, Apache, TLSCert, processes_running
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(90)]

@@ -32,8 +32,8 @@ from support.sites import (
     SiteChecks,
     start_app_server,
     unix_connections,
-    wait_for,
 )
+from support.waiting import wait_for
 from support.webservers import Apache
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(60)]

@@ -20,11 +20,12 @@ from typing import Iterator
 import pytest
 
 from support import EXAMPLES_DIR
+from support.ci import require_module
 from support.httpclient import HashingPayload
 from support.sites import SLASH_404, SLASH_DECODED, Site, hosting_home, start_app_server
 from support.webservers import Apache, Nginx
 
-pytest.importorskip("django", reason="Django is in the test extra: pip install -e '.[test]'")
+require_module("django", "it is in the test extra: pip install -e '.[test]'")
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(90)]
 

@@ -31,7 +31,8 @@ import pytest
 from support import REPO_ROOT
 from support.httpclient import HTTPClient, sha256_of
 from support.processes import ManagedProcess, can_connect, server_env, short_socket_dir
-from support.webservers import Nginx, in_ci
+from support.ci import in_ci
+from support.webservers import Nginx
 
 from wsgi_fcgi.client import Client, FastCGIError
 

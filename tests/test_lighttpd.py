@@ -29,8 +29,8 @@ from support.sites import (
     SiteChecks,
     hosting_home,
     start_app_server,
-    wait_for,
 )
+from support.waiting import wait_for
 from support.webservers import Lighttpd, processes_running
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(60)]

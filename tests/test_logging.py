@@ -14,7 +14,7 @@ import pytest
 
 from wsgi_fcgi.client import Client
 
-from support.fastcgi import wait_for
+from support.waiting import wait_for
 from test_server import APP, APPS_DIR
 
 pytestmark = pytest.mark.timeout(60)

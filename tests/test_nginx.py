@@ -44,9 +44,11 @@ import pytest
 
 from support import FLASK_APP_DIR, REPO_ROOT
 from support.httpclient import MiB, HashingPayload, HTTPClient, multipart_file, pattern_chunks, sha256_of
+from support.net import free_port, port_of
 from support.processes import ManagedProcess, WsgiFcgiServer, can_connect, server_env
-from support.sites import BARE_APP, BARE_REDIRECT, SLASH_DECODED, Site, SiteChecks, start_app_server, wait_for
-from support.webservers import Nginx, free_port
+from support.sites import BARE_APP, BARE_REDIRECT, SLASH_DECODED, Site, SiteChecks, start_app_server
+from support.waiting import wait_for
+from support.webservers import Nginx
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(60)]
 
@@ -113,7 +115,7 @@ class TestNginx(SiteChecks):
         if not site.name.startswith("keepalive"):
             return
         assert site.server is not None
-        port = int(site.server.address.rpartition(":")[2])
+        port = port_of(site.server.address)
         conn = site.http.connection()
         try:
             for n in range(30):

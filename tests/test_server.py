@@ -23,7 +23,9 @@ import pytest
 from wsgi_fcgi import protocol as p
 from wsgi_fcgi.client import Client, FastCGIError
 
-from support.fastcgi import children_of, is_end, raw_connect, read_events, request_bytes, server_closed, wait_for
+from support.fastcgi import children_of, is_end, raw_connect, read_events, request_bytes, server_closed
+from support.net import free_port
+from support.waiting import wait_for
 
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 APP = "bridge_app:app"
@@ -52,10 +54,7 @@ def test_hello_over_a_unix_socket(server: Any) -> None:
 def test_hello_over_tcp(server: Any, host: str) -> None:
     if host.startswith("[") and not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
-    with socket.socket(socket.AF_INET6 if "[" in host else socket.AF_INET) as probe:
-        probe.bind((host.strip("[]"), 0))
-        port = probe.getsockname()[1]
-    srv = server("--bind", f"{host}:{port}")
+    srv = server("--bind", f"{host}:{free_port(host)}")
     assert Client(srv.address, timeout=10).request("/hello").body == b"Hello, World!"
 
 

@@ -7,6 +7,14 @@ front of it, and a small streaming HTTP client.
   payloads and their sha256.
 - ``support.load``: bounded load runs (wrk), nginx/Apache set up for kept-alive
   connections under load, the shared machine's load, connections per worker.
+- ``support.waiting``: ``wait_for``, the one way a test waits (poll an
+  observable state until a deadline; never a fixed sleep).
+- ``support.net``: the one bind-spec parser (``parse_address``), ``connect``,
+  ``free_port``.
+- ``support.procfs``: process states read from /proc (a listener in an epoll
+  set, a worker asleep in epoll_wait).
+- ``support.ci``: ``missing()``, a skip on a developer's machine and a
+  failure where CI is set.
 
 Fixtures that wrap these live in ``tests/conftest.py``.
 """

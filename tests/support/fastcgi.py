@@ -6,27 +6,16 @@ would never send."""
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any, Callable, List
 
 from wsgi_fcgi import protocol as p
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+from .net import connect
+from .waiting import wait_for as wait_for  # re-exported: tests/test_threads.py imports it from here
 
 
 def raw_connect(address: str) -> socket.socket:
-    family, target = (socket.AF_UNIX, address[5:]) if address.startswith("unix:") else \
-        (socket.AF_INET, (address.rpartition(":")[0], int(address.rpartition(":")[2])))
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(target)
-    return sock
+    return connect(address, timeout=10)
 
 
 def request_bytes(request_id: int = 1, path: str = "/hello", keep_conn: bool = False, body: bytes = b"",

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .processes import ManagedProcess, ProcessError
+from .waiting import wait_for
 from .webservers import Apache, Nginx, require_executable
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_summary.lua")
@@ -340,10 +341,8 @@ def stopped(pids: Sequence[int]) -> Iterator[List[int]]:
                 held.append(pid)
             except ProcessLookupError:
                 pass
-        for pid in held:  # wait until each is really stopped (state T)
-            deadline = time.monotonic() + 2
-            while time.monotonic() < deadline and _state(pid) not in ("T", "t", "", "Z"):
-                time.sleep(0.001)
+        for pid in held:  # wait until each is really stopped (state T), or gone
+            wait_for(lambda pid=pid: _state(pid) in ("T", "t", "", "Z"), 5, f"process {pid} to stop")
         yield held
     finally:
         for pid in held:

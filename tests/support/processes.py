@@ -21,11 +21,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import FLASK_APP_DIR, REPO_ROOT
+from .net import parse_address, unix_path
+from .waiting import wait_for
 
 # Linux limit for sun_path is 108 bytes including the NUL; keep a margin.
 MAX_UNIX_PATH = 100
@@ -33,17 +34,6 @@ MAX_UNIX_PATH = 100
 
 class ProcessError(AssertionError):
     """A test process did not start or stop as it should (fails the test)."""
-
-
-def parse_address(spec: str) -> Tuple[int, Union[str, Tuple[str, int]]]:
-    """``unix:PATH`` | ``HOST:PORT`` | ``[V6]:PORT`` -> (family, connect target)."""
-    if spec.startswith("unix:"):
-        return socket.AF_UNIX, spec[len("unix:") :]
-    if spec.startswith("["):
-        host, _, port = spec[1:].partition("]:")
-        return socket.AF_INET6, (host, int(port))
-    host, _, port = spec.rpartition(":")
-    return socket.AF_INET, (host, int(port))
 
 
 def can_connect(spec: str, timeout: float = 0.5) -> bool:
@@ -145,23 +135,25 @@ class ManagedProcess:
         return f"{self.name} (pid {self.proc.pid if self.proc else '-'}): {' '.join(self.argv)}"
 
     def wait_until(self, probe: Callable[[], bool], *, timeout: float, what: str) -> None:
-        """Poll ``probe`` until true; fail if the process exits or time runs out."""
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
+        """Poll ``probe`` until true; fail at once if the process exits, or when time runs out."""
+        def ready() -> bool:
             if probe():
-                return
+                return True
             if self.proc is not None and self.proc.poll() is not None:
                 raise ProcessError(
                     f"{self.describe()}\nexited with {self.proc.returncode} before {what}.\n"
                     f"--- output ---\n{self.output_text()}"
                 )
-            if time.monotonic() >= deadline:
-                raise ProcessError(
-                    f"{self.describe()}\nnot {what} after {timeout:.0f} s.\n--- output ---\n{self.output_text()}"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            return False
+
+        try:
+            wait_for(ready, timeout, what)
+        except ProcessError:
+            raise
+        except AssertionError:
+            raise ProcessError(
+                f"{self.describe()}\nnot {what} after {timeout:.0f} s.\n--- output ---\n{self.output_text()}"
+            ) from None
 
     def send_signal(self, sig: int) -> None:
         if self.is_running():
@@ -206,9 +198,10 @@ class ManagedProcess:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            deadline = time.monotonic() + 5
-            while _group_members(pgid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            try:
+                wait_for(lambda: not _group_members(pgid), 5, f"process group {pgid} to be gone")
+            except AssertionError:
+                pass  # SIGKILL sent; a process stuck in the kernel is beyond a test's reach
 
 
 def server_env(
@@ -274,8 +267,9 @@ class WsgiFcgiServer(ManagedProcess):
     def socket_path(self) -> Optional[Path]:
         """The first unix socket's path, or None when bound to TCP only."""
         for spec in self.addresses:
-            if spec.startswith("unix:"):
-                return Path(spec[len("unix:") :])
+            path = unix_path(spec)
+            if path is not None:
+                return Path(path)
         return None
 
     def stderr_text(self) -> str:

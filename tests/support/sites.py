@@ -19,13 +19,13 @@ from __future__ import annotations
 import grp
 import re
 import shutil
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from .httpclient import HashingPayload, HTTPClient, pattern_chunks, sha256_of
+from .net import unix_path
 from .processes import WsgiFcgiServer
 from .webservers import UNPRIVILEGED_USER, WebServer
 
@@ -70,15 +70,6 @@ class Site:
             parts.append(f"### wsgi_fcgi stderr\n{self.server.stderr_text()}")
         parts.extend(f() for f in self.extra_logs)
         return "\n".join(parts)
-
-
-def wait_for(probe: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``probe`` until it is true; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def unix_connections(path: Path) -> int:
@@ -280,7 +271,7 @@ def start_app_server(
     # Ready for www-data only once the master has given the socket its group:
     # wsgi_fcgi binds (and root can connect) a moment before that.
     gid = grp.getgrnam(UNPRIVILEGED_USER).gr_gid
-    for path in [Path(a[len("unix:") :]) for a in server.addresses if a.startswith("unix:")]:
+    for path in [Path(p) for p in map(unix_path, server.addresses) if p is not None]:
         server.wait_until(
             lambda p=path: p.stat().st_gid == gid, timeout=10, what=f"{path} in group {UNPRIVILEGED_USER}"  # type: ignore[misc]
         )

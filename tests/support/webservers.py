@@ -31,17 +31,15 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
-
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-import pytest
-
 from . import EXAMPLES_DIR, REPO_ROOT
+from .ci import missing
+from .net import free_port
 from .processes import ManagedProcess, ProcessError, can_connect
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -54,9 +52,9 @@ SERVER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def render(text: str, values: Mapping[str, object]) -> str:
     """Fill ``{{name}}`` placeholders; KeyError names any that have no value."""
-    missing = sorted({m.group(1) for m in PLACEHOLDER.finditer(text)} - set(values))
-    if missing:
-        raise KeyError(f"template placeholders without a value: {', '.join(missing)}")
+    unfilled = sorted({m.group(1) for m in PLACEHOLDER.finditer(text)} - set(values))
+    if unfilled:
+        raise KeyError(f"template placeholders without a value: {', '.join(unfilled)}")
     return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
 
 
@@ -64,10 +62,6 @@ def render_file(template: Path, dest: Path, values: Mapping[str, object]) -> Pat
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(render(template.read_text(), values))
     return dest
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def require_executable(name: str, *, package: str = "") -> str:
@@ -78,29 +72,14 @@ def require_executable(name: str, *, package: str = "") -> str:
     if path:
         return path
     hint = f" (Debian package {package}; tests/run.sh installs it)" if package else ""
-    message = f"{name} not found{hint}"
-    if in_ci():
-        pytest.fail(f"{message}, and CI=true", pytrace=False)
-    pytest.skip(message)
-    raise AssertionError("unreachable")
+    missing(f"{name} not found{hint}")
 
 
 def require_file(path: str, *, package: str) -> Path:
     """Like ``require_executable`` for a module file (``mod_fcgid.so``...)."""
     if os.path.exists(path):
         return Path(path)
-    message = f"{path} not found (Debian package {package}; tests/run.sh installs it)"
-    if in_ci():
-        pytest.fail(f"{message}, and CI=true", pytrace=False)
-    pytest.skip(message)
-    raise AssertionError("unreachable")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    missing(f"{path} not found (Debian package {package}; tests/run.sh installs it)")
 
 
 class WebServer:
@@ -355,11 +334,7 @@ def system_python() -> str:
             )  # fmt: skip
             if out.returncode == 0:
                 return candidate
-    message = f"no python3 with venv that {UNPRIVILEGED_USER} can run (Debian packages python3, python3-venv)"
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-    raise AssertionError("unreachable")
+    missing(f"no python3 with venv that {UNPRIVILEGED_USER} can run (Debian packages python3, python3-venv)")
 
 
 def _requirement_names(dist: importlib.metadata.Distribution) -> Iterable[str]:
