@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 import tracemalloc
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -420,15 +419,14 @@ def test_two_gib_length_claim_is_rejected_without_allocating(limits: Limits, whi
     data = (huge + b"\x01" if which == "name" else b"\x01" + huge) + b"abc"
     tracemalloc.start()
     try:
-        start = time.perf_counter()
-        with pytest.raises(ProtocolError):
+        # Rejected on the claim itself (a limit, or "runs past the end" of the
+        # 3 bytes there are), not after trying to read or allocate 2 GiB.
+        with pytest.raises(ProtocolError, match=r"2147483647 bytes exceeds the limit|runs past the end"):
             decode_pairs(data, limits)
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000, f"decoding a 2 GiB claim allocated {peak} bytes"
-    assert elapsed < 1.0
 
 
 def test_two_gib_length_claim_through_server_connection() -> None:
