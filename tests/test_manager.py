@@ -27,6 +27,7 @@ import pytest
 
 from support import REPO_ROOT
 from support.processes import WsgiFcgiServer, server_env
+from support.waiting import wait_for
 from wsgi_fcgi.client import Client, FastCGIError, Response
 
 APPS_DIR = Path(__file__).resolve().parent / "apps"
@@ -36,20 +37,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-def wait_for(probe: Callable[[], object], *, timeout: float, what: str) -> object:
-    """Poll ``probe`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 def _stat(pid: int) -> Optional[List[str]]:
@@ -251,23 +238,48 @@ def test_ttin_adds_and_ttou_removes_workers_but_never_the_last(server):
 def test_a_worker_told_to_stop_while_it_is_being_forked_stops(server, tmp_path):
     # Between fork() and the child's own signal handlers a TERM used to be lost (the
     # new worker then served until --graceful-timeout). A preloaded app's at-fork
-    # hook holds every new child in that window for half a second.
+    # hook holds every new child in that window until the file "go" exists.
+    go = tmp_path / "go"
+    go.touch()
     (tmp_path / "slowfork_app.py").write_text(
         "import os, time\n"
-        "os.register_at_fork(after_in_child=lambda: time.sleep(0.5))\n"
+        f"GO = {str(go)!r}\n"
+        "def hold():\n"
+        "    while not os.path.exists(GO):\n"
+        "        time.sleep(0.01)\n"
+        "os.register_at_fork(after_in_child=hold)\n"
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
         "    return [b'ok']\n")
     srv = server("--workers", "1", "--preload", app="slowfork_app:app", pythonpath=[tmp_path])
     first = wait_workers(srv, 1)
     assert body(srv) == "ok"  # the first worker has booted: TTOU will pick the one booting
+    go.unlink()
     srv.send_signal(signal.SIGTTIN)
     new = [pid for pid in wait_workers(srv, 2, what="2 workers after TTIN") if pid not in first]
     srv.send_signal(signal.SIGTTOU)
     wait_log(srv, f"retiring worker {new[0]}")
+    # The TERM reaches the child while it is still held in the window: pending, blocked.
+    wait_for(lambda: term_pending(new[0]), timeout=10, what="the TERM pending in the worker being forked")
+    go.touch()
     wait_for(lambda: new[0] not in children(srv.pid), timeout=5, what="the retired worker to exit")
     assert children(srv.pid) == first
     assert_no_zombies(srv)
+
+
+def term_pending(pid: int) -> bool:
+    """Whether SIGTERM is pending (blocked, not yet handled) in ``pid``: /proc/PID/status."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+    except OSError:
+        return False
+    pending = 0
+    for field in ("SigPnd", "ShdPnd"):
+        match = re.search(rf"^{field}:\s*([0-9a-f]+)$", status, re.M)
+        if match:
+            pending |= int(match.group(1), 16)
+    return bool(pending & (1 << (signal.SIGTERM - 1)))
 
 
 # --- replacing workers -------------------------------------------------------------------
@@ -311,10 +323,10 @@ def test_killed_worker_is_replaced_and_only_its_request_fails(server, tmp_path):
 def test_timeout_kills_a_hung_worker_and_names_the_request(server):
     srv = server("--workers", "1", "--timeout", "1")
     [hung_pid] = wait_workers(srv, 1)
-    started = time.monotonic()
-    with pytest.raises(FastCGIError):
+    # The connection closes under the request (the worker was killed), long
+    # before the client's own 20 s timeout would have ended it.
+    with pytest.raises(FastCGIError, match="connection closed before END_REQUEST"):
         get(srv, "/hang", timeout=20)
-    assert time.monotonic() - started < 10
     log = wait_log(srv, "killed by the timeout")  # the worker's own log line, on SIGABRT
     assert re.search(rf"worker {hung_pid} timed out after 1s handling GET /hang", log), log  # master
     assert "while handling GET /hang" in log  # the worker logs its stack on SIGABRT
@@ -534,10 +546,8 @@ def test_ondemand_pool_starts_at_zero_and_returns_to_zero(server):
 
 @pytest.mark.parametrize("pool", ["static", "dynamic", "ondemand"])
 def test_unimportable_app_exits_4_with_one_clear_line(tmp_path, pool):
-    started = time.monotonic()
     result = run_to_exit(tmp_path, ["--workers", "3", "--pool", pool, "no_such_module_xyz:app"])
     assert result.returncode == 4, result.stderr
-    assert time.monotonic() - started < 15
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, result.stderr
     assert "no module named 'no_such_module_xyz'" in errors[0]
@@ -559,12 +569,13 @@ def test_boot_errors_halt_with_exit_3(tmp_path):
 
 def test_crash_storm_backs_off_instead_of_respawning_hot(server, tmp_path):
     (tmp_path / "crashapp.py").write_text("import os\nos._exit(1)\n")
-    started = time.monotonic()
     srv = server("--workers", "2", app="crashapp:app", pythonpath=[tmp_path])
-    wait_log(srv, "6 in a row", timeout=30)
-    elapsed = time.monotonic() - started
-    # Back-off after failures 2..5: 0.1 + 0.2 + 0.4 + 0.8 s at least before the 6th.
-    assert elapsed >= 1.5, elapsed
+    log = wait_log(srv, "6 in a row", timeout=30)
+    # The master backs off: no wait after the first failure, then a wait that
+    # doubles from 0.1 s, announced with each failure (0.1 + 0.2 + 0.4 + 0.8 s
+    # before the 6th: the wall-clock side is a measurement, not asserted here).
+    announced = {int(n): float(s) for n, s in re.findall(r"(\d+) in a row, next start in ([\d.]+)s", log)}
+    assert [announced.get(n) for n in range(1, 7)] == [0.0, 0.1, 0.2, 0.4, 0.8, 1.6], log
     assert srv.stderr_text().count("started worker") <= 8
     assert srv.is_running()  # exit 1 at boot is not a configuration error: keep trying, slowly
     assert srv.stop() == 0
