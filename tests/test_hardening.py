@@ -13,7 +13,6 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -22,7 +21,10 @@ import pytest
 from wsgi_fcgi import protocol as p
 from wsgi_fcgi.client import Client
 
-from support.fastcgi import children_of, raw_connect, read_events, request_bytes, wait_for
+from support.fastcgi import children_of, raw_connect, read_events, request_bytes
+from support.net import free_port
+from support.procfs import asleep_in_epoll_wait, epoll_watched, listening_unix_inode
+from support.waiting import wait_for
 from test_server import APP, APPS_DIR, ROOT_FLAG
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,12 +38,6 @@ def server(wsgi_server: Callable[..., Any]) -> Callable[..., Any]:
             options["env"] = env
         return wsgi_server(APP, *args, **options)
     return start
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def connect_from(source: str, port: int) -> socket.socket:
@@ -281,8 +277,7 @@ def test_live_fuzzing_leaves_master_and_workers_standing(server: Any) -> None:
              request_bytes(1, "/environ", keep_conn=True) + request_bytes(1, "/hello"),
              p.encode_record(p.FCGI_GET_VALUES, 0, p.encode_pairs([(b"FCGI_MAX_CONNS", b"")])) + request_bytes()]
     counts = {"streams": 0, "answered": 0, "closed": 0}
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and counts["streams"] < 400:
+    for _ in range(400):
         data = _mutate(rng, rng.choice(seeds)) if rng.random() < 0.8 else rng.randbytes(rng.randint(1, 300))
         with raw_connect(srv.address) as sock:
             sock.settimeout(5)
@@ -297,7 +292,7 @@ def test_live_fuzzing_leaves_master_and_workers_standing(server: Any) -> None:
         counts["streams"] += 1
         counts["answered" if any(isinstance(e, p.EndRequest) for e in events) else "closed"] += 1
     print(f"live fuzzing: {counts}")
-    assert counts["streams"] >= 100
+    assert counts["answered"] and counts["closed"]  # the mutations reached both outcomes
     assert healthy(srv)
     assert sorted(children_of(srv.pid)) == worker_pids  # no worker died
     assert "Traceback" not in srv.stderr_text()
@@ -355,17 +350,13 @@ def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="lowering another process's descriptor limit needs root")
 def test_out_of_descriptors_backs_off_and_recovers(server: Any) -> None:
     import resource
     srv = server("--workers", "1", "--max-idle-connections", "200")
     (worker,) = workers_of(srv, 1)
+    wait_for(lambda: asleep_in_epoll_wait(worker), what="the worker waiting for connections")
+    watched_before = epoll_watched(worker)
     limit = _fd_count(worker) + 5
     resource.prlimit(worker, resource.RLIMIT_NOFILE, (limit, limit))
     kept: List[socket.socket] = []
@@ -385,14 +376,18 @@ def test_out_of_descriptors_backs_off_and_recovers(server: Any) -> None:
             kept.append(sock)
         assert waiting is not None, "the worker never ran out of descriptors"
         wait_for(lambda: "cannot accept connections" in srv.stderr_text(), what="the EMFILE log line")
-        before, start = _cpu_seconds(worker), time.monotonic()
-        wait_for(lambda: time.monotonic() - start > 2, timeout=5, what="two seconds")
-        assert _cpu_seconds(worker) - before < 0.5 * (time.monotonic() - start)  # not spinning
-        for sock in kept:  # descriptors free up: the waiting connection is served
+        listener = listening_unix_inode(srv.socket_path)
+        assert listener is not None and listener in watched_before
+        # Not spinning: the listener, whose queued connection cannot be accepted,
+        # is out of the (level-triggered) epoll set, and the worker sleeps in epoll_wait.
+        wait_for(lambda: listener not in epoll_watched(worker) and asleep_in_epoll_wait(worker),
+                 what="the worker asleep with its listener out of the epoll set")
+        for sock in kept:  # descriptors free up: the listener is re-armed, the waiting connection served
             sock.close()
         events = read_events(waiting, lambda e: isinstance(e, p.EndRequest))
         assert isinstance(events[-1], p.EndRequest)
         waiting.close()
+        wait_for(lambda: listener in epoll_watched(worker), what="the listener back in the epoll set")
     finally:
         for sock in kept + ([waiting] if waiting else []):
             sock.close()
