@@ -15,7 +15,7 @@ examples/apache/proxypass-mounted-reuse.conf), in front of 2 workers:
 - Apache mod_proxy_fcgi ``enablereuse=on`` with several children (event:
   4 x 8 threads; prefork: 8 processes), each with its own kept connections,
   more of them than workers: sequential and concurrent requests all succeed
-  and none waits seconds for another connection's idle time;
+  and none waits for another connection's idle time (it would time out);
 - a worker leaving (``--max-requests 20``, HUP, TTOU) while nginx keeps
   sending: no failed request. nginx retries a GET that fails on a cached
   connection the worker just closed (``$upstream_status`` "502, 200"); the
@@ -42,7 +42,6 @@ shared machine not to be pegged and records its load.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -60,7 +59,7 @@ import pytest
 from wsgi_fcgi import protocol as p
 
 from support import REPO_ROOT
-from support.fastcgi import children_of, is_end, raw_connect, read_events, request_bytes, wait_for
+from support.fastcgi import children_of, is_end, raw_connect, read_events, request_bytes
 from support.httpclient import HTTPClient
 from support.load import (
     KeepaliveNginx,
@@ -76,7 +75,9 @@ from support.load import (
     wait_until_not_pegged,
 )
 from support.processes import WsgiFcgiServer, server_env
+from support.procfs import asleep_in_epoll_wait, epoll_watched, listening_unix_inode
 from support.sites import start_app_server, unix_connections
+from support.waiting import wait_for
 from support.webservers import WebServer
 
 pytestmark = [pytest.mark.webserver, pytest.mark.timeout(60)]
@@ -241,8 +242,9 @@ def start_apache(stack: ExitStack, base: Path, mpm: str, *server_args: str) -> T
 def test_apache_enablereuse_with_several_children(shared_dirs, request, mpm: str) -> None:
     """More Apache children than workers, each keeping its own connections
     (the setup in which a FastCGI server that blocks on one kept connection
-    hangs): 200 sequential and 4 x 50 concurrent requests all answer 200,
-    none slower than a generous 5 s."""
+    hangs): 200 sequential and 4 x 50 concurrent requests all answer 200
+    within the client's timeout, while more connections than workers are kept
+    (request times are reported, not asserted)."""
     base = shared_dirs(f"wfcgi-ka-apache-{mpm}-")
     with ExitStack() as stack:
         server, web = start_apache(stack, base, mpm)
@@ -268,10 +270,10 @@ def test_apache_enablereuse_with_several_children(shared_dirs, request, mpm: str
             f"request time p50 {percentile(times, 0.5) * 1000:.1f} ms, p99 {percentile(times, 0.99) * 1000:.1f} ms, "
             f"max {max(times) * 1000:.1f} ms"))
         for phase, results in (("sequential", sequential), ("concurrent", parallel)):
+            # A request stuck behind another connection's idle time would wait for
+            # wsgi_fcgi's --read-timeout (30 s): past the client's 10 s, a failure here.
             failed = [(status, round(t, 3), body[:100]) for status, t, body in results if status != 200]
             assert not failed, f"{phase}: {len(failed)} failed: {failed[:5]}"
-            slow = [round(t, 3) for _, t, _ in results if t >= 5.0]
-            assert not slow, f"{phase}: {len(slow)} requests took 5 s or more: {slow[:5]}"
         assert len(parallel) == 200
         assert len(children) >= 2, "the requests did not spread over several Apache children"
         assert kept > WORKERS, f"only {kept} kept connections: not more than the {WORKERS} workers"
@@ -279,38 +281,30 @@ def test_apache_enablereuse_with_several_children(shared_dirs, request, mpm: str
         assert not errors, "\n".join(errors[:10])
 
 
-def has_epoll(pid: int) -> bool:
-    """True once the worker has made its epoll set (and registered the listening socket in it)."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[eventpoll]":
-                return True
-        except OSError:
-            pass
-    return False
-
-
 def test_connections_opened_at_low_traffic_spread_over_the_workers(wsgi_server) -> None:
     """What an Apache child does, 8 times: connect, one request (kept), while
-    both workers are idle (50 ms apart). Each worker should own a fair part
-    of the 8 connections (at least 2), since each keeps serving its own."""
+    both workers are idle (each asleep in epoll_wait, watching the listener).
+    Each worker should own a fair part of the 8 connections (at least 2),
+    since each keeps serving its own."""
     srv = wsgi_server("bridge_app:app", "--workers", str(WORKERS), pythonpath=[APPS_DIR])
-    wait_for(lambda: len(children_of(srv.pid)) == WORKERS and all(map(has_epoll, children_of(srv.pid))),
-             what="both workers waiting for connections")  # fmt: skip
-    time.sleep(0.2)
+    listener = listening_unix_inode(srv.socket_path)
+    assert listener is not None
+
+    def both_idle() -> bool:
+        workers = children_of(srv.pid)
+        return len(workers) == WORKERS and all(
+            asleep_in_epoll_wait(pid) and listener in epoll_watched(pid) for pid in workers)
+
     owners: List[int] = []
     with ExitStack() as stack:
         for _ in range(8):
+            # The worker that answered the last one has kept it and is back in epoll_wait.
+            wait_for(both_idle, what="both workers asleep in epoll_wait, watching the listener")
             sock = stack.enter_context(raw_connect(srv.address))
             sock.sendall(request_bytes(path="/pid", keep_conn=True))
             out = answer(sock)
             assert out is not None, "no answer"
             owners.append(int(out.rpartition(b"\r\n\r\n")[2]))
-            time.sleep(0.05)
     owned = Counter(owners)
     assert len(owned) == WORKERS and min(owned.values()) >= 2, f"connections per worker: {dict(owned)}"
 
@@ -318,7 +312,7 @@ def test_connections_opened_at_low_traffic_spread_over_the_workers(wsgi_server) 
 # -- 3. a worker leaving under kept-alive load ------------------------------------------------------
 
 LEAVING = {
-    # name -> (extra server arguments, signal sent one second into the load)
+    # name -> (extra server arguments, signal sent once the load is under way)
     "max-requests": (("--max-requests", "20", "--preload"), None),
     "hup": ((), signal.SIGHUP),
     "ttou": ((), signal.SIGTTOU),
@@ -343,7 +337,10 @@ def test_worker_leaving_under_keepalive_load_fails_no_request(shared_dirs, reque
         stack.callback(wrk.stop)
         wrk.start()
         if sig is not None:
-            time.sleep(1)
+            # Into the load: nginx has answered some requests, and wrk goes on for seconds.
+            wait_for(lambda: len(web.upstream_log()) >= 50 or not wrk.is_running(), timeout=10,
+                     what="50 requests through nginx")
+            assert wrk.is_running(), "the load was over before the signal"
             server.send_signal(sig)
         result = wrk.result()
         counts = check_nginx_logs(web, 16)
@@ -385,11 +382,12 @@ def test_idle_cap_holds_with_more_kept_connections_than_fit(shared_dirs, request
         stack.callback(wrk.stop)
         wrk.start()
         during: List[Dict[int, int]] = []
-        time.sleep(0.5)
-        for _ in range(5):
+        for _ in range(5):  # each sample once 50 more requests went through (while the load lasts)
+            target = len(web.upstream_log()) + 50
+            wait_for(lambda target=target: len(web.upstream_log()) >= target or not wrk.is_running(),
+                     timeout=10, what=f"{target} requests through nginx")
             with stopped(workers):
                 during.append(connections_of(workers, server.socket_path))
-            time.sleep(0.5)
         result = wrk.result()
         after: Dict[int, int] = {}
 
