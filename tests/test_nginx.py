@@ -35,7 +35,6 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator, List
@@ -214,7 +213,10 @@ def test_request_body_streamed_with_request_buffering_off(shared_dirs):
 
         def body() -> Iterator[bytes]:
             yield next(chunks)  # 64 KiB, then wait until the app is running
-            seen_start.append(_wait_until_exists(started, 10))
+            try:
+                seen_start.append(wait_for(started.exists, timeout=10, what="the app to start"))
+            except AssertionError:
+                seen_start.append(False)
             yield from chunks
 
         r = HTTPClient(web.url).post(f"/sha256?started={started}", body(), {"Content-Length": str(payload.size)})
@@ -228,15 +230,6 @@ def test_request_body_streamed_with_request_buffering_off(shared_dirs):
         r = HTTPClient(web.url).post("/sha256", payload)
         assert r.status == 200, r.body
         assert r.text == f"{payload.size} {payload.sha256} {payload.size}"
-
-
-def _wait_until_exists(path: Path, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 # -- two instances, one stopped ----------------------------------------------
@@ -253,18 +246,19 @@ def test_upstream_failover_when_one_instance_stops(shared_dirs):
         stack.callback(web.stop)
         web.start()
         http = HTTPClient(web.url, timeout=30)
-        results: List[tuple] = []
+        results: List[tuple] = []  # (sent after the stop, status, pid)
         errors: List[BaseException] = []
         done = threading.Event()
+        stopped = threading.Event()  # set once instance one has stopped
 
         def client(max_requests: int, tag: str) -> None:
             try:
                 for n in range(max_requests):
                     if done.is_set():
                         return
-                    sent = time.monotonic()
+                    after_stop = stopped.is_set()
                     r = http.get(f"/env?c={tag}&n={n}")
-                    results.append((sent, r.status, r.json()["pid"] if r.status == 200 else r.body))
+                    results.append((after_stop, r.status, r.json()["pid"] if r.status == 200 else r.body))
             except BaseException as exc:  # noqa: B036 -- reported below
                 errors.append(exc)
 
@@ -276,8 +270,8 @@ def test_upstream_failover_when_one_instance_stops(shared_dirs):
         clients_busy = lambda: not errors and any(t.is_alive() for t in threads)  # noqa: E731
         wait_for(lambda: len(results) >= 40 or not clients_busy(), timeout=30, what="40 requests before the stop")
         assert one.stop() == 0, one.stderr_text()  # SIGTERM, mid-run
-        stopped = time.monotonic()
-        wait_for(lambda: sum(1 for r in results if r[0] > stopped) >= 40 or not clients_busy(),
+        stopped.set()
+        wait_for(lambda: sum(1 for r in results if r[0]) >= 40 or not clients_busy(),
                  timeout=30, what="40 requests after the stop")  # fmt: skip
         done.set()
         for t in threads:
@@ -287,7 +281,7 @@ def test_upstream_failover_when_one_instance_stops(shared_dirs):
         assert failed == [], failed
         pids_one = _worker_pids(one)
         assert any(pid in pids_one for _, _, pid in results), "instance one served nothing before the stop"
-        after = [pid for sent, _, pid in results if sent > stopped]
+        after = [pid for after_stop, _, pid in results if after_stop]
         assert len(after) >= 40, len(after)
         assert not any(pid in pids_one for pid in after)  # from then on: only instance two
 
