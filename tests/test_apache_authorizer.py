@@ -20,16 +20,18 @@ the FastCGI level without Apache:
 from __future__ import annotations
 
 import socket
-import struct
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, List
 
 import pytest
 
+from wsgi_fcgi import protocol as p
+
 from support import EXAMPLES_DIR
+from support.fastcgi import is_end, read_events
 from support.httpclient import HTTPClient
-from support.net import free_port
+from support.net import connect, free_port
 from support.processes import WsgiFcgiServer
 from support.sites import start_app_server
 from support.webservers import Apache
@@ -118,45 +120,32 @@ def test_unprotected_paths_do_not_ask(site: Protected) -> None:
 # -- the two bugs at the FastCGI level, as mod_authnz_fcgi talks ------------------
 
 
-def _authorizer_request(address: str, headers: dict, *, send_stdin: bool) -> bytes:
+def _authorizer_request(address: str, headers: dict, *, send_stdin: bool) -> List[Any]:
     """BEGIN_REQUEST(AUTHORIZER), PARAMS, empty PARAMS -- and, unlike
-    mod_authnz_fcgi, an empty STDIN record if ``send_stdin``. Returns all
-    bytes received until END_REQUEST, the peer closing, or 3 s of silence."""
-    host, _, port = address.rpartition(":")
-
-    def record(rtype: int, content: bytes) -> bytes:
-        return struct.pack("!BBHHBx", 1, rtype, 1, len(content), 0) + content
-
-    def pair(name: str, value: str) -> bytes:
-        n, v = name.encode(), value.encode()
-        return bytes([len(n), len(v)]) + n + v
-
+    mod_authnz_fcgi, an empty STDIN record if ``send_stdin``. Returns the
+    events received until END_REQUEST or the peer closing; an authorizer that
+    waits for STDIN never answers, and the 10 s socket deadline fails the test."""
     params = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/protected/whoami", "FCGI_APACHE_ROLE": "AUTHENTICATOR"}
     params.update(headers)
-    data = record(1, struct.pack("!HB5x", 2, 0)) + record(4, b"".join(pair(k, v) for k, v in params.items()))
-    data += record(4, b"") + (record(5, b"") if send_stdin else b"")
-    received = b""
-    with socket.create_connection((host, int(port)), timeout=3) as sock:
+    data = p.encode_begin_request(1, p.FCGI_AUTHORIZER) + p.encode_params(
+        1, [(name.encode(), value.encode()) for name, value in params.items()])
+    if send_stdin:
+        data += p.encode_end_of_stream(p.FCGI_STDIN, 1)
+    with connect(address, timeout=10) as sock:
         sock.sendall(data)
         try:
-            while b"\x01\x03\x00\x01" not in received:  # END_REQUEST, request id 1
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
+            return read_events(sock, is_end)
         except socket.timeout:
-            pass
-    return received
+            raise AssertionError("no answer from the authorizer within 10 s (waiting for FCGI_STDIN?)") from None
 
 
-def _stdout_records(data: bytes) -> list:
-    records = []
-    while len(data) >= 8:
-        _, rtype, _, length, padding = struct.unpack("!BBHHB", data[:7])
-        if rtype == 6 and length:
-            records.append(data[8 : 8 + length])
-        data = data[8 + length + padding :]
-    return records
+def _stdout(events: List[Any]) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, p.Stdout))
+
+
+def _stdout_records(events: List[Any]) -> List[bytes]:
+    """The content of each non-empty STDOUT record, in order."""
+    return [e.data for e in events if isinstance(e, p.Stdout) and e.data]
 
 
 @pytest.fixture(scope="module")
@@ -176,12 +165,12 @@ def authorizer_alone(shared_dirs) -> Iterator[str]:
 
 def test_authorizer_answers_once_params_end_with_stdin(authorizer_alone: str) -> None:
     """Control: with an empty STDIN record (not what Apache sends) it answers."""
-    out = _authorizer_request(authorizer_alone, {"HTTP_X_API_KEY": "alice-secret"}, send_stdin=True)
+    out = _stdout(_authorizer_request(authorizer_alone, {"HTTP_X_API_KEY": "alice-secret"}, send_stdin=True))
     assert b"Status: 200 OK\r\nVariable-AUTHZ_USER: alice\r\n" in out
 
 
 def test_authorizer_answers_without_stdin(authorizer_alone: str) -> None:
-    out = _authorizer_request(authorizer_alone, {"HTTP_X_API_KEY": "alice-secret"}, send_stdin=False)
+    out = _stdout(_authorizer_request(authorizer_alone, {"HTTP_X_API_KEY": "alice-secret"}, send_stdin=False))
     assert b"Status: 200 OK\r\nVariable-AUTHZ_USER: alice\r\n" in out
 
 
