@@ -54,12 +54,12 @@ import tempfile
 from typing import IO, Any, Callable, List, Mapping, Optional, Tuple
 
 from . import protocol as p
-from .cli import EXIT_APP_LOAD_ERROR, EXIT_USAGE, fail
 from .config import Config
 from .environ import build_environ
 from .handler import ERROR_500, SPOOL_THRESHOLD, ClientDisconnected, RequestHandler, WSGIApp
-from .loader import AppLoadError, load_app
-from .privileges import drop_privileges, resolve_identity
+from .errors import StartupError
+from .loader import load_app_at_startup
+from .privileges import identity_for, switch_to
 
 __all__ = ["CGIChannel", "ModeError", "choose_mode", "detect_mode", "environ_pairs", "is_cgi_environment",
            "serve_cgi", "serve_request"]
@@ -297,27 +297,23 @@ def _take_over_streams() -> Tuple[int, int]:
 
 def serve_cgi(config: Config, app: Optional[Callable[..., Any]], app_spec: Optional[str]) -> int:
     """Serve the one CGI request of this process; returns the exit status.
-    A failure before the app runs is one line on stderr and the generic 500."""
+    A failure before the app runs is the generic 500 for the client and a
+    StartupError for the command line to print (one line on stderr)."""
     stdin_fd, stdout_fd = _take_over_streams()
     os.environ.pop("HTTP_PROXY", None)  # httpoxy, before the app's own code runs
     try:
-        identity = resolve_identity(config)
-    except (KeyError, ValueError) as exc:
-        return _start_failed(str(exc), EXIT_USAGE, stdin_fd, stdout_fd)
-    if identity is not None and not identity.is_current():
-        drop_privileges(identity)
-    if app is None:
-        assert app_spec is not None
-        try:
-            app = load_app(app_spec)
-        except AppLoadError as exc:
-            return _start_failed(f"cannot load the app: {exc}", EXIT_APP_LOAD_ERROR, stdin_fd, stdout_fd)
+        switch_to(identity_for(config))
+        if app is None:
+            assert app_spec is not None
+            app = load_app_at_startup(app_spec)
+    except StartupError:
+        _answer_500(stdin_fd, stdout_fd)
+        raise
     return serve_request(app, os.environ, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
                          script_name=config.script_name, limit_request_body=config.limit_request_body)
 
 
-def _start_failed(message: str, code: int, stdin_fd: int, stdout_fd: int) -> int:
-    fail(message)
+def _answer_500(stdin_fd: int, stdout_fd: int) -> None:
     channel = _channel(environ_pairs(os.environ), stdin_fd, stdout_fd)
     try:
         channel.write(ERROR_500)
@@ -325,4 +321,3 @@ def _start_failed(message: str, code: int, stdin_fd: int, stdout_fd: int) -> int
         pass
     finally:
         channel.close()
-    return code

@@ -8,8 +8,9 @@ is the process manager, so the process serves requests itself. Otherwise the
 prefork master in manager.py runs the pool. Started as a CGI script, it
 serves that one request instead (``--mode``, cgi.py).
 
-Every error a user can cause ends with one line on stderr and an exit code:
-2 bad option, 3 cannot listen / boot failure, 4 the app cannot be loaded.
+Every error a user can cause ends with one line on stderr and an exit code
+(errors.py): 2 bad option, 3 cannot listen / boot failure, 4 the app cannot
+be loaded. Start-up steps anywhere raise ``StartupError``; ``run`` prints it.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .config import SETTINGS_BY_NAME, Config, ConfigError, add_arguments, default_workers, load_config_file
-from .loader import AppLoadError, load_app
+from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_USAGE, StartupError
+from .loader import AppLoadError, load_app, load_app_at_startup
 from .logs import error_log, setup_logging
-from .privileges import drop_privileges, resolve_identity, root_refusal, socket_owner
+from .privileges import identity_for, root_refusal, socket_owner, switch_to
 from .sockets import (DEFAULT_TCP_ADDRESS, Address, AddressError, bind, inherited_listener, is_loopback,
                       parse_address)
 
-EXIT_USAGE = 2
-EXIT_BOOT_ERROR = 3
-EXIT_APP_LOAD_ERROR = 4
+__all__ = ["EXIT_APP_LOAD_ERROR", "EXIT_BOOT_ERROR", "EXIT_USAGE", "main", "run"]
 
 
 def fail(message: str) -> None:
@@ -144,12 +144,22 @@ def _check_exposure(addresses: List[Address], allow_remote: bool) -> None:
 
 
 def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: Optional[str] = None) -> int:
-    """Listen, then serve until stopped. Returns the process exit code."""
+    """Listen, then serve until stopped. Returns the process exit code; a
+    StartupError from any mode is printed here, and only here."""
+    try:
+        return _start(config, app, app_spec)
+    except StartupError as exc:
+        fail(exc.reason)
+        return exc.exit_code
+
+
+def _start(config: Config, app: Optional[Callable[..., Any]], app_spec: Optional[str]) -> int:
+    """Every mode's start-up, in order: logs, the mode, the root rule, umask and
+    --chdir; then CGI, the single process on fd 0, or the master."""
     try:
         setup_logging(config.log_level, config.error_logfile, config.access_logfile)
     except OSError as exc:
-        fail(f"cannot open a log file: {exc.filename}: {exc.strerror}")
-        return EXIT_USAGE
+        raise StartupError(f"cannot open a log file: {exc.filename}: {exc.strerror}", EXIT_USAGE) from None
     if config.mode == "fastcgi" or (config.mode == "auto" and config.bind):
         mode = "fastcgi"  # choose_mode's first answer, without loading cgi.py into the master and its workers
     else:
@@ -158,20 +168,17 @@ def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: O
         try:
             mode = detect_mode(config, from_script=app is not None)
         except ModeError as exc:
-            fail(str(exc))
-            return EXIT_USAGE
+            raise StartupError(str(exc), EXIT_USAGE) from None
     refusal = root_refusal(config)
     if refusal:
-        fail(refusal)
-        return EXIT_USAGE
+        raise StartupError(refusal, EXIT_USAGE)
     if config.umask is not None:
         os.umask(config.umask)  # before binding: it covers the socket file and everything the app creates
     if config.chdir:
         try:
             os.chdir(config.chdir)
         except OSError as exc:
-            fail(f"--chdir {config.chdir}: {exc.strerror}")
-            return EXIT_BOOT_ERROR
+            raise StartupError(f"--chdir {config.chdir}: {exc.strerror}", EXIT_BOOT_ERROR) from None
     if mode == "cgi":
         from .cgi import serve_cgi
 
@@ -179,8 +186,7 @@ def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: O
     try:
         listeners, addresses, on_fd0 = open_listeners(config)
     except AddressError as exc:
-        fail(str(exc))
-        return EXIT_BOOT_ERROR
+        raise StartupError(str(exc), EXIT_BOOT_ERROR) from None
     workers = config.workers or default_workers(on_fd0)
     if on_fd0 and workers == 1 and config.pool == "static":
         return _serve_in_process(config, listeners, app, app_spec)
@@ -193,20 +199,10 @@ def _serve_in_process(config: Config, listeners: List[Any], app: Optional[Callab
     """One process, spawned by the web server, which manages processes itself."""
     from .worker import Worker
 
-    try:
-        identity = resolve_identity(config)
-    except (KeyError, ValueError) as exc:
-        fail(str(exc))
-        return EXIT_USAGE
-    if identity is not None and not identity.is_current():
-        drop_privileges(identity)  # the inherited socket is already open
+    switch_to(identity_for(config))  # the inherited socket is already open
     if app is None:
         assert app_spec is not None
-        try:
-            app = load_app(app_spec)
-        except AppLoadError as exc:
-            fail(f"cannot load the app: {exc}")
-            return EXIT_APP_LOAD_ERROR
+        app = load_app_at_startup(app_spec)
     if config.threads > 1:
         error_log.info("--threads %d on the socket a web server left on fd 0: Apache mod_fcgid sends one "
                        "request at a time to each process it spawns, so there threads bring nothing "

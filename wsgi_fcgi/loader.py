@@ -16,6 +16,8 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple
 
+from .errors import EXIT_APP_LOAD_ERROR, StartupError
+
 if TYPE_CHECKING:
     import ast
 
@@ -24,6 +26,15 @@ DEFAULT_NAMES = ("application", "app")
 
 class AppLoadError(Exception):
     """The app named on the command line cannot be loaded."""
+
+
+def load_app_at_startup(spec: str) -> Callable[..., Any]:
+    """load_app for a start-up path: an app that cannot be loaded ends the
+    server with exit 4, in every mode."""
+    try:
+        return load_app(spec)
+    except AppLoadError as exc:
+        raise StartupError(f"cannot load the app: {exc}", EXIT_APP_LOAD_ERROR) from None
 
 
 def load_app(spec: str) -> Callable[..., Any]:

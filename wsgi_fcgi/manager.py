@@ -33,11 +33,11 @@ import time
 from types import FrameType
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Set, Tuple
 
-from .cli import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, fail
+from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, StartupError
 from .config import Config
-from .loader import AppLoadError, load_app
+from .loader import AppLoadError, load_app, load_app_at_startup
 from .logs import reopen_files
-from .privileges import Identity, drop_privileges, resolve_identity
+from .privileges import Identity, identity_for, switch_to
 from .scoreboard import Scoreboard, SlotState
 from .sockets import Address, cleanup
 from .worker import Worker
@@ -155,6 +155,7 @@ class Arbiter:
         self._socket_files: Dict[str, Tuple[int, int]] = {}  # path -> (st_dev, st_ino) we created
         self._pidfile_written = False
         self._stopping: Optional[str] = None
+        self._halted: Optional[StartupError] = None  # why the server stops by itself
         self._exit_code = 0
         self._boot_failures = 0  # consecutive workers that died at boot
         self._boot_errors = 0  # ... of which with exit code 3, in a row
@@ -172,17 +173,19 @@ class Arbiter:
     # --- the loop ---------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until stopped; the process exit code."""
+        """Serve until stopped; the process exit code. Raises StartupError when
+        it cannot start, or halts because no worker can boot (cli.run prints it)."""
         try:
-            code = self._setup()
-            if code is not None:
-                return code
+            if self._setup():
+                return 0  # Ctrl-C while preloading
             while True:
                 self._observe_workers()  # first: every decision below depends on who is up
                 self._update_pool_figures()
                 self._handle_signals()
                 self._reap()
                 if self._stopping and not self.workers:
+                    if self._halted is not None:
+                        raise self._halted
                     return self._exit_code
                 now = time.monotonic()
                 self._kill_overdue(now)
@@ -190,24 +193,21 @@ class Arbiter:
                     self._finish_reload()
                     self._adjust_pool(now)
                 self._sleep()
+        except StartupError as exc:
+            self._exit_code = exc.exit_code
+            raise
         finally:
             self._teardown()
 
-    def _setup(self) -> Optional[int]:
-        """Everything before the first fork; an exit code if we cannot start."""
+    def _setup(self) -> bool:
+        """Everything before the first fork (StartupError if we cannot start);
+        True when interrupted before serving."""
         self._remember_socket_files()
-        try:
-            self._identity = resolve_identity(self.config)
-        except ValueError as exc:
-            fail(str(exc))
-            return EXIT_BOOT_ERROR
+        self._identity = identity_for(self.config)
         _set_title(f"wsgi_fcgi: master [{self.label}]")
-        if not self._write_pidfile():
-            return EXIT_BOOT_ERROR
-        if self.config.preload and self.app is None:
-            code = self._preload()
-            if code is not None:
-                return code
+        self._write_pidfile()
+        if self.config.preload and self.app is None and self._preload():
+            return True
         if self.app is None:
             _import_shared_modules()
         # Keep the collector off the objects the workers inherit (our modules, the
@@ -224,7 +224,7 @@ class Arbiter:
                        ", ".join(str(a) for a in self.addresses))
         if self.pool == "ondemand" and self.app is None:
             self._spawn(probe=True)  # find an unimportable app now, not at the first request
-        return None
+        return False
 
     def _sleep(self) -> None:
         """Wait up to TICK for a signal (or, when the pool would grow for it, a waiting connection)."""
@@ -407,8 +407,9 @@ class Arbiter:
         return delay
 
     def _halt(self, code: int, message: str) -> None:
+        """No worker can serve: stop at once, then end with this error (cli.run prints it)."""
         if self._stopping is None:
-            fail(message)
+            self._halted = StartupError(message, code)
         self._begin_stop(QUICK, code)
 
     def _cancel_reload(self) -> None:
@@ -639,8 +640,7 @@ class Arbiter:
         try:
             self._become_child()
             _set_title(f"wsgi_fcgi: worker [{self.label}]")
-            if self._identity is not None and not self._identity.is_current():
-                drop_privileges(self._identity)
+            switch_to(self._identity)
             app = self.app if self.app is not None else load_app(self.app_spec or "")
             os.close(self._report_w)  # only boot failures are reported
             if probe:
@@ -654,6 +654,9 @@ class Arbiter:
         except AppLoadError as exc:
             self._report(str(exc))  # the master prints it once, however many workers fail
             return EXIT_APP_LOAD_ERROR
+        except StartupError as exc:  # cannot switch user: the master counts it as a boot error
+            error_log.error("worker %d: %s", os.getpid(), exc.reason)
+            return exc.exit_code
         except SystemExit as exc:  # INT/QUIT in the worker: exit now, quietly
             return exc.code if isinstance(exc.code, int) else 0
         except BaseException:  # noqa: B902 - whatever it was, log it and leave the master a code
@@ -688,23 +691,16 @@ class Arbiter:
 
     # --- process hygiene -----------------------------------------------------------
 
-    def _preload(self) -> Optional[int]:
+    def _preload(self) -> bool:
         """--preload: import the app here so workers share its memory. With
-        --user the master drops privileges first: app code never runs as root."""
-        if self._identity is not None and not self._identity.is_current():
-            try:
-                drop_privileges(self._identity)
-            except OSError as exc:
-                fail(f"cannot switch to --user/--group: {exc.strerror or exc}")
-                return EXIT_BOOT_ERROR
+        --user the master drops privileges first: app code never runs as root.
+        True if interrupted (Ctrl-C)."""
+        switch_to(self._identity)
         try:
-            self.app = load_app(self.app_spec or "")
-        except AppLoadError as exc:
-            fail(f"cannot load the app: {exc}")
-            return EXIT_APP_LOAD_ERROR
+            self.app = load_app_at_startup(self.app_spec or "")
         except KeyboardInterrupt:
-            return 0
-        return None
+            return True
+        return False
 
     def _remember_socket_files(self) -> None:
         # Only the files we created, and only while they are still ours: a
@@ -735,20 +731,18 @@ class Arbiter:
         for sock in self.listeners:
             sock.close()  # the workers' copies stay open until each one exits
 
-    def _write_pidfile(self) -> bool:
+    def _write_pidfile(self) -> None:
         path = self.config.pidfile
         if not path:
-            return True
+            return
         temporary = f"{path}.{os.getpid()}.tmp"
         try:
             with open(temporary, "w") as f:
                 f.write(f"{os.getpid()}\n")
             os.replace(temporary, path)
         except OSError as exc:
-            fail(f"cannot write --pid {path}: {exc.strerror or exc}")
-            return False
+            raise StartupError(f"cannot write --pid {path}: {exc.strerror or exc}", EXIT_BOOT_ERROR) from None
         self._pidfile_written = True
-        return True
 
     def _remove_pidfile(self) -> None:
         path = self.config.pidfile

@@ -12,6 +12,7 @@ import os
 from typing import NamedTuple, Optional, Tuple
 
 from .config import Config
+from .errors import EXIT_BOOT_ERROR, EXIT_USAGE, StartupError
 
 
 class Identity(NamedTuple):
@@ -49,6 +50,26 @@ def resolve_identity(config: Config) -> Optional[Identity]:
     if os.geteuid() != 0 and not identity.is_current():
         raise ValueError("--user/--group: only a server started as root can switch to another user")
     return identity
+
+
+def identity_for(config: Config) -> Optional[Identity]:
+    """resolve_identity for start-up: options this process cannot honour are a
+    usage error (exit 2) in every mode."""
+    try:
+        return resolve_identity(config)
+    except (KeyError, ValueError) as exc:
+        raise StartupError(str(exc).strip("'\""), EXIT_USAGE) from None
+
+
+def switch_to(identity: Optional[Identity]) -> None:
+    """Become ``identity`` for good (nothing to do for None or the current
+    user); the system refusing is a boot error (exit 3) in every mode."""
+    if identity is None or identity.is_current():
+        return
+    try:
+        drop_privileges(identity)
+    except OSError as exc:
+        raise StartupError(f"cannot switch to --user/--group: {exc.strerror or exc}", EXIT_BOOT_ERROR) from None
 
 
 def drop_privileges(identity: Identity) -> None:
