@@ -23,6 +23,8 @@ import os
 import threading
 import time
 
+from manager_app import _query  # the same QUERY_STRING reading as the other fixture app
+
 DIR = os.environ["THREADS_APP_DIR"]
 BARRIER = threading.Barrier(int(os.environ.get("THREADS_BARRIER", "2")),
                             timeout=float(os.environ.get("THREADS_BARRIER_TIMEOUT", "30")))
@@ -43,15 +45,6 @@ VERSION = _read_version()
 def _mark(name):
     with open(os.path.join(DIR, name), "w") as f:
         f.write(str(os.getpid()))
-
-
-def _query(environ):
-    pairs = {}
-    for part in environ.get("QUERY_STRING", "").split("&"):
-        name, _, value = part.partition("=")
-        if name:
-            pairs[name] = value
-    return pairs
 
 
 def _wait_for_release():
