@@ -336,14 +336,14 @@ def test_params_are_latin_1_strings_and_every_byte_round_trips() -> None:
     conn = ServerConnection()
     events = feed(conn, begin() + params_stream(1, pairs))
     assert events[1] == Params(1, as_str(pairs))
-    for (name, value), (sname, svalue) in zip(pairs, events[1].pairs):  # type: ignore[attr-defined]
+    for (name, value), (sname, svalue) in zip(pairs, events[1].pairs, strict=True):  # type: ignore[attr-defined]
         assert sname.encode("latin-1") == name and svalue.encode("latin-1") == value
 
 
 def _split_stream(rid: int, encoded: bytes, cuts: Sequence[int]) -> bytes:
     """``encoded`` as PARAMS records cut at ``cuts``, then the empty end record."""
     bounds = [0, *cuts, len(encoded)]
-    out = b"".join(rec(FCGI_PARAMS, rid, encoded[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a)
+    out = b"".join(rec(FCGI_PARAMS, rid, encoded[a:b]) for a, b in zip(bounds, bounds[1:], strict=False) if b > a)
     return out + rec(FCGI_PARAMS, rid, b"")
 
 
@@ -894,7 +894,7 @@ def wire_and_events(requests: Sequence[GenRequest]) -> Tuple[bytes, List[object]
         records: List[Tuple[int, bytes]] = [(FCGI_BEGIN_REQUEST, struct.pack("!HB5x", r.role, int(r.keep_conn)))]
         encoded = encode_pairs(r.pairs)
         bounds = [0, *r.params_cuts, len(encoded)]
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in zip(bounds, bounds[1:], strict=False):
             records += [(FCGI_PARAMS, encoded[i:min(i + 0xFFFF, b)]) for i in range(a, b, 0xFFFF)]
         records.append((FCGI_PARAMS, b""))
         records += [(FCGI_STDIN, chunk) for chunk in r.stdin] + [(FCGI_STDIN, b"")]
@@ -969,7 +969,7 @@ class Driver:
 def run_split(data: bytes, cuts: Iterable[int], fast: bool = False) -> Driver:
     driver = Driver(fast)
     bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(data))), len(data)]
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in zip(bounds, bounds[1:], strict=False):
         driver.feed(data[a:b])
     driver.feed(b"")
     return driver
@@ -980,7 +980,7 @@ def outcome(data: bytes, cuts: Iterable[int], fast: bool) -> Tuple[List[object],
     driver = Driver(fast)
     bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(data))), len(data), len(data)]
     try:
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in zip(bounds, bounds[1:], strict=False):
             driver.feed(data[a:b])
     except ProtocolError as exc:
         return driver.events, bytes(driver.sent), exc.reason
