@@ -6,7 +6,8 @@ Public API: ``serve(app, **options)``, the exceptions a user may catch, ``__vers
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .config import ConfigError
 from .handler import ClientDisconnected, RequestAborted, RequestBodyTruncated

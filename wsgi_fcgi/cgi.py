@@ -51,7 +51,8 @@ import socket
 import stat
 import sys
 import tempfile
-from typing import IO, Any, Callable, List, Mapping, Optional, Tuple
+from typing import IO, Any
+from collections.abc import Callable, Mapping
 
 from . import protocol as p
 from .config import Config
@@ -136,7 +137,7 @@ def detect_mode(config: Config, *, from_script: bool = False) -> str:
 
 # --- one request ----------------------------------------------------------------------
 
-def environ_pairs(environ: Mapping[str, str]) -> List[Tuple[str, str]]:
+def environ_pairs(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """The process environment as PARAMS-like pairs: the bytes the server set,
     as latin-1 strings (PEP 3333). ``os.environ`` decoded them with the file
     system encoding and surrogateescape; ``os.fsencode`` gives them back."""
@@ -153,14 +154,14 @@ class CGIChannel:
     of it is dropped rather than spooled.
     """
 
-    def __init__(self, stdin_fd: int, stdout_fd: int, body_length: Optional[int], limit: int = 0) -> None:
+    def __init__(self, stdin_fd: int, stdout_fd: int, body_length: int | None, limit: int = 0) -> None:
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
         self._unread = body_length  # body bytes still on stdin; None: up to EOF
         self._keep_unread = not limit or (body_length is not None and body_length <= limit)
-        self._spool: Optional[IO[bytes]] = None
+        self._spool: IO[bytes] | None = None
         self._records = p.RecordReader()
-        self.app_status: Optional[int] = None  # END_REQUEST's, once the whole response is written
+        self.app_status: int | None = None  # END_REQUEST's, once the whole response is written
 
     @property
     def body_unread(self) -> bool:
@@ -199,7 +200,7 @@ class CGIChannel:
         spool.seek(0)
         self._spool = spool
 
-    def send(self, buffers: List[Any]) -> None:
+    def send(self, buffers: list[Any]) -> None:
         data = b"".join(buffers)
         if not data:
             return
@@ -240,7 +241,7 @@ class CGIChannel:
             self._spool.close()
 
 
-def _channel(pairs: List[Tuple[str, str]], stdin_fd: int, stdout_fd: int, limit: int = 0) -> CGIChannel:
+def _channel(pairs: list[tuple[str, str]], stdin_fd: int, stdout_fd: int, limit: int = 0) -> CGIChannel:
     """The channel for a request, reading the body that build_environ says there is."""
     environ = build_environ(pairs)
     length = environ.get("CONTENT_LENGTH")  # present only when it is a usable number
@@ -257,7 +258,7 @@ def _run_once(app: WSGIApp) -> WSGIApp:
 
 
 def serve_request(app: WSGIApp, environ: Mapping[str, str], *, stdin_fd: int, stdout_fd: int,
-                  script_name: Optional[str] = None, limit_request_body: int = 0) -> int:
+                  script_name: str | None = None, limit_request_body: int = 0) -> int:
     """Run the one request described by ``environ`` (a CGI process
     environment): the body from ``stdin_fd``, the response to ``stdout_fd``.
     Returns the exit status (0: a complete response went out)."""
@@ -274,7 +275,7 @@ def serve_request(app: WSGIApp, environ: Mapping[str, str], *, stdin_fd: int, st
 
 # --- start-up -----------------------------------------------------------------------
 
-def _take_over_streams() -> Tuple[int, int]:
+def _take_over_streams() -> tuple[int, int]:
     """(stdin, stdout) of the request on private close-on-exec descriptors;
     fd 0 becomes /dev/null and fd 1 a copy of stderr."""
     stdout_fd = os.dup(1)
@@ -295,7 +296,7 @@ def _take_over_streams() -> Tuple[int, int]:
     return stdin_fd, stdout_fd
 
 
-def serve_cgi(config: Config, app: Optional[Callable[..., Any]], app_spec: Optional[str]) -> int:
+def serve_cgi(config: Config, app: Callable[..., Any] | None, app_spec: str | None) -> int:
     """Serve the one CGI request of this process; returns the exit status.
     A failure before the app runs is the generic 500 for the client and a
     StartupError for the command line to print (one line on stderr)."""

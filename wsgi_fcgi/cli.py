@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import SETTINGS_BY_NAME, Config, ConfigError, add_arguments, default_workers, load_config_file
@@ -56,18 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _given(args: argparse.Namespace) -> Dict[str, Any]:
+def _given(args: argparse.Namespace) -> dict[str, Any]:
     return {name: value for name, value in vars(args).items() if name in SETTINGS_BY_NAME and value is not None}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     config, app_spec, check = read_settings(argv)
     if check:
         return check_config(config, app_spec)
     return run(config, app_spec=app_spec)
 
 
-def read_settings(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str, bool]:
+def read_settings(argv: Sequence[str] | None = None) -> tuple[Config, str, bool]:
     """(config, MODULE:APP, --check-config) from the defaults, the config file,
     WSGI_FCGI_ARGS and ``argv``; exits 2 with a usage line when they do not hold.
     The parser is gone once this returns, before the master starts serving and
@@ -92,7 +93,7 @@ def read_settings(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str, bo
     return config, app_spec, bool(args.check_config or env_args.check_config)
 
 
-def _split_env_args(text: str) -> List[str]:
+def _split_env_args(text: str) -> list[str]:
     if not text.strip():
         return []  # the usual case: no shlex in the master
     import shlex
@@ -113,7 +114,7 @@ def check_config(config: Config, app_spec: str) -> int:
     return 0
 
 
-def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
+def open_listeners(config: Config) -> tuple[list[Any], list[Address], bool]:
     """(sockets, addresses, spawned_on_fd0)."""
     if config.bind:
         addresses = [parse_address(spec) for spec in config.bind]
@@ -128,7 +129,7 @@ def open_listeners(config: Config) -> Tuple[List[Any], List[Address], bool]:
     return [bind(address, backlog=config.backlog)], [address], False
 
 
-def _check_exposure(addresses: List[Address], allow_remote: bool) -> None:
+def _check_exposure(addresses: list[Address], allow_remote: bool) -> None:
     """A FastCGI port reachable from other machines is the classic hole (PHP-FPM on
     0.0.0.0:9000): it takes --allow-remote, and then a warning names the risk."""
     for address in addresses:
@@ -143,7 +144,7 @@ def _check_exposure(addresses: List[Address], allow_remote: bool) -> None:
                           "with --allowed-addr and a firewall", address)
 
 
-def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: Optional[str] = None) -> int:
+def run(config: Config, *, app: Callable[..., Any] | None = None, app_spec: str | None = None) -> int:
     """Listen, then serve until stopped. Returns the process exit code; a
     StartupError from any mode is printed here, and only here."""
     try:
@@ -153,7 +154,7 @@ def run(config: Config, *, app: Optional[Callable[..., Any]] = None, app_spec: O
         return exc.exit_code
 
 
-def _start(config: Config, app: Optional[Callable[..., Any]], app_spec: Optional[str]) -> int:
+def _start(config: Config, app: Callable[..., Any] | None, app_spec: str | None) -> int:
     """Every mode's start-up, in order: logs, the mode, the root rule, umask and
     --chdir; then CGI, the single process on fd 0, or the master."""
     try:
@@ -194,8 +195,8 @@ def _start(config: Config, app: Optional[Callable[..., Any]], app_spec: Optional
     return Arbiter(config, listeners, addresses, workers=workers, app=app, app_spec=app_spec).run()
 
 
-def _serve_in_process(config: Config, listeners: List[Any], app: Optional[Callable[..., Any]],
-                      app_spec: Optional[str]) -> int:
+def _serve_in_process(config: Config, listeners: list[Any], app: Callable[..., Any] | None,
+                      app_spec: str | None) -> int:
     """One process, spawned by the web server, which manages processes itself."""
     from .worker import Worker
 

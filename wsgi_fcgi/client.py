@@ -21,7 +21,7 @@ import sys
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 from wsgi_fcgi import __version__
 from wsgi_fcgi import protocol as p
@@ -49,11 +49,10 @@ PROTOCOL_STATUS_NAMES = {
 }
 _RECV_SIZE = 256 * 1024
 
-HeadersArg = Union[Mapping[str, str], Iterable[tuple[str, str]]]
-ParamValue = Union[str, bytes, None]
-ParamsArg = Union[Mapping[str, ParamValue], Mapping[bytes, ParamValue],
-                  Iterable[tuple[Union[str, bytes], ParamValue]]]
-BodyArg = Union[bytes, bytearray, memoryview, Iterable[bytes]]
+HeadersArg = Mapping[str, str] | Iterable[tuple[str, str]]
+ParamValue = str | bytes | None
+ParamsArg = Mapping[str, ParamValue] | Mapping[bytes, ParamValue] | Iterable[tuple[str | bytes, ParamValue]]
+BodyArg = bytes | bytearray | memoryview | Iterable[bytes]
 
 
 @dataclass

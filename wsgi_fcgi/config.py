@@ -11,7 +11,8 @@ file) or a Python value (from ``serve``) into the checked value, and raise
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
 
 from .logs import DEFAULT_ACCESS_FORMAT
 
@@ -91,7 +92,7 @@ def _choice(*choices: str) -> Parser:
     return parse
 
 
-def _bind_list(value: Any) -> List[str]:
+def _bind_list(value: Any) -> list[str]:
     from .sockets import parse_address
 
     specs = [value] if isinstance(value, str) else list(value)
@@ -100,7 +101,7 @@ def _bind_list(value: Any) -> List[str]:
     return specs
 
 
-def parse_networks(value: Any) -> List[Any]:
+def parse_networks(value: Any) -> list[Any]:
     """IPv4/IPv6 addresses or CIDR networks, from a list or comma-separated strings."""
     import ipaddress
 
@@ -118,7 +119,7 @@ def parse_networks(value: Any) -> List[Any]:
     return networks
 
 
-def _script_name(value: Any) -> Optional[str]:
+def _script_name(value: Any) -> str | None:
     if value is None:
         return None
     text = str(value)
@@ -127,7 +128,7 @@ def _script_name(value: Any) -> Optional[str]:
     return text.rstrip("/")
 
 
-def _optional_str(value: Any) -> Optional[str]:
+def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
@@ -171,13 +172,13 @@ class Setting(NamedTuple):
     parse: Parser
     default: Any
     help: str
-    metavar: Optional[str] = None
+    metavar: str | None = None
     section: str = "server"
     is_flag: bool = False  # a switch without a value on the command line
     repeatable: bool = False
 
 
-SETTINGS: List[Setting] = [
+SETTINGS: list[Setting] = [
     # --- where to listen
     Setting("bind", ("-b", "--bind"), _bind_list, None,
             "Address to listen on: unix:PATH, HOST:PORT, [IPV6]:PORT or fd://N. Repeatable. "
@@ -320,17 +321,17 @@ SETTINGS: List[Setting] = [
             metavar="MODE"),
 ]
 
-SETTINGS_BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 class Config:
     """Checked settings, read by attribute (``config.workers``)."""
 
     def __init__(self, **values: Any) -> None:
-        self._values: Dict[str, Any] = {s.name: s.default for s in SETTINGS}
+        self._values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
         self.update(values)
 
-    def update(self, values: Dict[str, Any]) -> None:
+    def update(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
             setting = SETTINGS_BY_NAME.get(name)
             if setting is None:
@@ -355,7 +356,7 @@ class Config:
         except KeyError:
             raise AttributeError(name) from None
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return dict(self._values)
 
 
@@ -367,12 +368,12 @@ def default_workers(spawned_on_fd0: bool) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options generated from ``SETTINGS``, grouped by section."""
-    groups: Dict[str, Any] = {}
+    groups: dict[str, Any] = {}
     for setting in SETTINGS:
         group = groups.get(setting.section)
         if group is None:
             group = groups[setting.section] = parser.add_argument_group(setting.section)
-        kwargs: Dict[str, Any] = {"dest": setting.name, "default": None, "help": _help(setting)}
+        kwargs: dict[str, Any] = {"dest": setting.name, "default": None, "help": _help(setting)}
         if setting.is_flag:
             kwargs["action"] = "store_const"
             kwargs["const"] = True
@@ -395,7 +396,7 @@ def _help(setting: Setting) -> str:
 CONFIG_FILE_EXTRAS = ("wsgi_app",)  # names a config file may set besides the settings
 
 
-def load_config_file(path: str) -> Dict[str, Any]:
+def load_config_file(path: str) -> dict[str, Any]:
     """The settings a Python config file assigns (``workers = 4``), by name.
 
     A Python file rather than TOML: the standard library reads TOML only from
@@ -411,7 +412,7 @@ def load_config_file(path: str) -> Dict[str, Any]:
             source = f.read()
     except OSError as exc:
         raise ConfigError(f"--config {path}: {exc.strerror}") from None
-    namespace: Dict[str, Any] = {"__file__": path, "__name__": "__wsgi_fcgi_config__"}
+    namespace: dict[str, Any] = {"__file__": path, "__name__": "__wsgi_fcgi_config__"}
     try:
         exec(compile(source, path, "exec"), namespace)  # noqa: S102 - the operator's own config file
     except Exception as exc:

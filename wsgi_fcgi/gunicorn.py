@@ -30,7 +30,8 @@ import socket
 import sys
 from datetime import datetime
 from types import FrameType
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 from .config import Config, ConfigError
 from .handler import Channel, ClientDisconnected, RequestHandler, StartResponse, WSGIApp
@@ -59,7 +60,7 @@ _GunicornWorker: Any = _gunicorn_worker_class()
 class _Loop(Worker):
     """wsgi_fcgi's worker loop, run inside a gunicorn worker process."""
 
-    def __init__(self, owner: FastCGIWorker, app: WSGIApp, listeners: List[socket.socket],
+    def __init__(self, owner: FastCGIWorker, app: WSGIApp, listeners: list[socket.socket],
                  **options: Any) -> None:
         self.owner = owner
         hooks = _RequestHooks(owner)
@@ -111,7 +112,7 @@ class _HookedHandler(RequestHandler):
         super().__init__(app, **options)
         self.hooks = hooks
 
-    def handle(self, channel: Channel, request_id: int, role: int, pairs: List[Tuple[str, str]]) -> bool:
+    def handle(self, channel: Channel, request_id: int, role: int, pairs: list[tuple[str, str]]) -> bool:
         try:
             return super().handle(channel, request_id, role, pairs)
         finally:
@@ -126,13 +127,13 @@ class _RequestHooks:
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
-        self._done: Optional[Callable[[], None]] = None
+        self._done: Callable[[], None] | None = None
 
     def wrap(self, app: WSGIApp) -> WSGIApp:
         worker = self.worker
         cfg, log = worker.cfg, worker.log
 
-        def hooked_app(environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        def hooked_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
             started = datetime.now()
             req = _Request(environ)
             environ.setdefault("RAW_URI", req.uri)  # gunicorn's key, read by its access log (and some apps)
@@ -150,7 +151,7 @@ class _RequestHooks:
                 except Exception:
                     log.exception("Exception in post_request hook")
 
-            def observed_start_response(status: str, headers: List[Tuple[str, str]],
+            def observed_start_response(status: str, headers: list[tuple[str, str]],
                                         exc_info: Any = None) -> Callable[[bytes], None]:
                 write = start_response(status, headers, exc_info)
                 resp.status, resp.headers = status, headers
@@ -196,7 +197,7 @@ class FastCGIWorker(_GunicornWorker):  # type: ignore[misc]  # gunicorn is untyp
     ``FCGI_WEB_SERVER_ADDRS`` limits the TCP peers, as the FastCGI spec says.
     """
 
-    _loop: Optional[_Loop] = None
+    _loop: _Loop | None = None
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -221,7 +222,7 @@ class FastCGIWorker(_GunicornWorker):  # type: ignore[misc]  # gunicorn is untyp
 
     def run(self) -> None:
         cfg = self.cfg
-        options: Dict[str, Any] = {}
+        options: dict[str, Any] = {}
         if not cfg.keepalive:
             options["max_idle_connections"] = 0  # --keep-alive 0: close even FCGI_KEEP_CONN connections
         self._loop = _Loop(
@@ -240,7 +241,7 @@ class FastCGIWorker(_GunicornWorker):  # type: ignore[misc]  # gunicorn is untyp
         )
         self._loop.run()
 
-    def handle_abort(self, sig: int, frame: Optional[FrameType]) -> None:
+    def handle_abort(self, sig: int, frame: FrameType | None) -> None:
         """SIGABRT: the arbiter's --timeout kill. Name the request that hung, then
         do what gunicorn does (worker_abort hook, exit 1)."""
         loop = self._loop
@@ -263,7 +264,7 @@ class _Request:
 
     __slots__ = ("method", "path", "query", "uri", "version", "headers", "scheme")
 
-    def __init__(self, environ: Dict[str, Any]) -> None:
+    def __init__(self, environ: dict[str, Any]) -> None:
         self.method = str(environ.get("REQUEST_METHOD", "GET"))
         self.path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
         self.query = str(environ.get("QUERY_STRING", ""))
@@ -285,13 +286,13 @@ class _Response:
     __slots__ = ("status", "headers", "sent", "_count_body")
 
     def __init__(self, count_body: bool) -> None:
-        self.status: Optional[str] = None
-        self.headers: List[Tuple[str, str]] = []
-        self.sent: Optional[int] = 0  # body bytes from the app (a HEAD response sends none); None: unknown
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.sent: int | None = 0  # body bytes from the app (a HEAD response sends none); None: unknown
         self._count_body = count_body
 
     @property
-    def status_code(self) -> Optional[int]:
+    def status_code(self) -> int | None:
         code = (self.status or "")[:3]
         return int(code) if code.isdigit() else None
 
@@ -336,10 +337,10 @@ class _CountedBody:
             close()
 
 
-def _script_name(cfg: Any) -> Optional[str]:
+def _script_name(cfg: Any) -> str | None:
     """SCRIPT_NAME from the environment (``-e``/``raw_env`` first), gunicorn's
     way of setting the mount point; checked as wsgi_fcgi's --script-name."""
-    env: Dict[str, str] = dict(cfg.env or {})
+    env: dict[str, str] = dict(cfg.env or {})
     value = env.get("SCRIPT_NAME", os.environ.get("SCRIPT_NAME"))
     if value is None:
         return None

@@ -29,7 +29,8 @@ import tempfile
 import time
 import traceback
 from types import TracebackType
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Set, Tuple, Type
+from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
 
 from . import protocol as p
 from .environ import build_environ
@@ -37,9 +38,9 @@ from .logs import AccessLog
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
-ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], None]]
-WSGIApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 SPOOL_THRESHOLD = 1024 * 1024  # bodies of unknown length: memory up to here, then a temp file
 FILE_BLOCK_SIZE = 65535
@@ -91,7 +92,7 @@ class Channel(Protocol):
     def read_data(self) -> bytes:
         """The next FCGI_DATA chunk (FILTER role); b"" at the end of the stream."""
 
-    def send(self, buffers: List[Any]) -> None:
+    def send(self, buffers: list[Any]) -> None:
         """Send all buffers, in order; raise ClientDisconnected if the peer is gone."""
 
     def end_request(self, app_status: int) -> bytes:
@@ -119,9 +120,9 @@ class InputStream:
     are joined, a partly read one stays as a view of its rest.
     """
 
-    def __init__(self, read_chunk: Callable[[], bytes], expected: Optional[int] = None) -> None:
+    def __init__(self, read_chunk: Callable[[], bytes], expected: int | None = None) -> None:
         self._read_chunk = read_chunk
-        self._chunks: Deque[Any] = deque()
+        self._chunks: deque[Any] = deque()
         self._buffered = 0
         self._eof = False
         self._received = 0
@@ -192,7 +193,7 @@ class InputStream:
             seen += length
         return -1
 
-    def read(self, size: Optional[int] = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             while self._fill():
                 pass
@@ -201,7 +202,7 @@ class InputStream:
             pass
         return self._take(size)
 
-    def readline(self, size: Optional[int] = -1) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:
         limit = sys.maxsize if size is None or size < 0 else size
         start = 0
         while True:
@@ -214,8 +215,8 @@ class InputStream:
             if not self._fill():
                 return self._take(limit)
 
-    def readlines(self, hint: Optional[int] = -1) -> List[bytes]:
-        lines: List[bytes] = []
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines: list[bytes] = []
         total = 0
         while True:
             line = self.readline()
@@ -236,7 +237,7 @@ class InputStream:
         return line
 
 
-def spool(read_chunk: Callable[[], bytes], first: bytes, limit: int = 0) -> Tuple[Any, int]:
+def spool(read_chunk: Callable[[], bytes], first: bytes, limit: int = 0) -> tuple[Any, int]:
     """The whole stream in a file object (memory, then disk past SPOOL_THRESHOLD),
     refused as soon as it grows past ``limit`` bytes (0: no limit)."""
     body = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
@@ -301,9 +302,9 @@ class RequestHandler:
     """Calls one WSGI app for each request; one instance per worker, shared by
     its threads (``multithread``): it keeps no per-request state of its own."""
 
-    def __init__(self, app: WSGIApp, *, script_name: Optional[str] = None, multiprocess: bool = True,
-                 multithread: bool = False, limit_request_body: int = 0, access_log: Optional[AccessLog] = None,
-                 pages: Optional[Dict[str, Callable[[Dict[str, Any]], Any]]] = None) -> None:
+    def __init__(self, app: WSGIApp, *, script_name: str | None = None, multiprocess: bool = True,
+                 multithread: bool = False, limit_request_body: int = 0, access_log: AccessLog | None = None,
+                 pages: dict[str, Callable[[dict[str, Any]], Any]] | None = None) -> None:
         self.app = app
         self.pages = pages or {}  # paths answered without calling the app: ping, status
         self.script_name = script_name
@@ -312,13 +313,13 @@ class RequestHandler:
         self.limit_request_body = limit_request_body
         self.access_log = access_log if access_log is not None and access_log.enabled else None
         # wsgi.errors buffers a partial line: one stream per request when requests run at once.
-        self.errors: Optional[ErrorStream] = None if multithread else ErrorStream()
+        self.errors: ErrorStream | None = None if multithread else ErrorStream()
         # On a request thread no signal handler runs, so a SystemExit can only come
         # from the app: it fails that request (500), not the thread. Without threads
         # it is the worker's own quick stop (INT/QUIT) and must go through.
-        self._app_failures: Tuple[Type[BaseException], ...] = (Exception, SystemExit) if multithread else (Exception,)
+        self._app_failures: tuple[type[BaseException], ...] = (Exception, SystemExit) if multithread else (Exception,)
 
-    def handle(self, channel: Channel, request_id: int, role: int, pairs: List[Tuple[str, str]]) -> bool:
+    def handle(self, channel: Channel, request_id: int, role: int, pairs: list[tuple[str, str]]) -> bool:
         """Run one request to completion. False when the connection can no
         longer be used (peer gone, or cut after an app error)."""
         started = time.monotonic() if self.access_log is not None else 0.0
@@ -331,7 +332,7 @@ class RequestHandler:
             if self.access_log is not None:
                 self.access_log.log(environ, response.status, response.headers, response.sent, started)
 
-    def _run(self, channel: Channel, role: int, environ: Dict[str, Any], response: Response) -> bool:
+    def _run(self, channel: Channel, role: int, environ: dict[str, Any], response: Response) -> bool:
         if self.pages:
             page = self.pages.get(environ["SCRIPT_NAME"] + environ["PATH_INFO"]) or self.pages.get(environ["PATH_INFO"])
             if page is not None:
@@ -351,7 +352,7 @@ class RequestHandler:
             return self._client_gone(response, environ, exc)
         return not response.cut
 
-    def _prepare_input(self, channel: Channel, role: int, environ: Dict[str, Any]) -> None:
+    def _prepare_input(self, channel: Channel, role: int, environ: dict[str, Any]) -> None:
         """Set wsgi.input: the live STDIN stream, or a spooled copy when it must be read first.
 
         Whatever the app leaves unread needs no draining: once END_REQUEST is
@@ -385,8 +386,8 @@ class RequestHandler:
             raise RequestBodyTooLarge(f"a body of {length} bytes is over the limit of {limit}")
         environ["wsgi.input"] = InputStream(channel.read_stdin, int(length))
 
-    def _call_app(self, environ: Dict[str, Any], response: Response) -> None:
-        result: Optional[Iterable[bytes]] = None
+    def _call_app(self, environ: dict[str, Any], response: Response) -> None:
+        result: Iterable[bytes] | None = None
         try:
             result = self.app(environ, response.start_response)
             if type(result) in (list, tuple):
@@ -411,7 +412,7 @@ class RequestHandler:
                 except self._app_failures:
                     error_log.exception("error in close() of the response of %s", _describe(environ))
 
-    def _app_error(self, environ: Dict[str, Any], response: Response, exc_info: Any) -> None:
+    def _app_error(self, environ: dict[str, Any], response: Response, exc_info: Any) -> None:
         text = "".join(traceback.format_exception(*exc_info))
         error_log.error("error handling %s\n%s", _describe(environ), text.rstrip())
         if response.headers_sent:
@@ -420,7 +421,7 @@ class RequestHandler:
         response.send_error_500(text)
 
     @staticmethod
-    def _client_gone(response: Response, environ: Dict[str, Any], exc: ClientDisconnected) -> bool:
+    def _client_gone(response: Response, environ: dict[str, Any], exc: ClientDisconnected) -> bool:
         error_log.info("client went away during %s: %s", _describe(environ), exc)
         if isinstance(exc, RequestAborted):
             # FCGI_ABORT_REQUEST: the connection stays; answer with END_REQUEST.
@@ -448,18 +449,18 @@ class Response:
         self.request_id = request_id
         self.role = role
         self.is_head = is_head
-        self.status: Optional[str] = None
-        self.headers: List[Tuple[str, str]] = []
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
         self.headers_sent = False
-        self.pending: List[Any] = []
+        self.pending: list[Any] = []
         self.cut = False
         self.discard_body = is_head
-        self.remaining: Optional[int] = None  # body bytes still due by the app's Content-Length
+        self.remaining: int | None = None  # body bytes still due by the app's Content-Length
         self.ended = False  # the end records are queued or sent
         self.sent = 0  # body bytes sent (for the access log)
 
-    def start_response(self, status: str, headers: List[Tuple[str, str]],
-                       exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: ExcInfo | None = None) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.headers_sent:
@@ -605,7 +606,7 @@ class Response:
             return False
         return True
 
-    def send_page(self, status: str, headers: List[Tuple[str, str]], body: bytes) -> bool:
+    def send_page(self, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         """A page of our own (ping, status): the app is not called."""
         self.headers, self.sent = headers, len(body)
         head = "".join([f"Status: {status}\r\n"] + [f"{n}: {v}\r\n" for n, v in headers] + ["\r\n"])
@@ -635,10 +636,10 @@ def _checked_status(status: Any) -> str:
     return status
 
 
-def _checked_headers(headers: Any) -> List[Tuple[str, str]]:
+def _checked_headers(headers: Any) -> list[tuple[str, str]]:
     if not isinstance(headers, list):
         raise InvalidResponse(f"headers must be a list of (name, value) tuples, not {type(headers).__name__}")
-    checked: List[Tuple[str, str]] = []
+    checked: list[tuple[str, str]] = []
     good_names = _GOOD_NAMES
     for item in headers:
         if not isinstance(item, tuple) or len(item) != 2:
@@ -657,9 +658,9 @@ def _checked_headers(headers: Any) -> List[Tuple[str, str]]:
 
 # Header names already checked: True to send, False to drop (hop-by-hop). An
 # app sends the same dozen names again and again; the regex runs once each.
-_GOOD_NAMES: Dict[str, bool] = {}
+_GOOD_NAMES: dict[str, bool] = {}
 _GOOD_NAMES_MAX = 1024
-_GOOD_STATUSES: Set[str] = set()  # status lines already checked, the same way
+_GOOD_STATUSES: set[str] = set()  # status lines already checked, the same way
 
 
 def _check_name(name: Any) -> None:
@@ -671,11 +672,11 @@ def _check_name(name: Any) -> None:
         _GOOD_NAMES.setdefault(name, False)
 
 
-def _int_or_none(value: Any) -> Optional[int]:
+def _int_or_none(value: Any) -> int | None:
     return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
-def _describe(environ: Dict[str, Any]) -> str:
+def _describe(environ: dict[str, Any]) -> str:
     return f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
 
 

@@ -14,7 +14,8 @@ import keyword
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from .errors import EXIT_APP_LOAD_ERROR, StartupError
 
@@ -82,7 +83,7 @@ def _resolve(module: Any, module_name: str, expression: str) -> Any:
         raise AppLoadError(f"calling {module_name}:{expression} failed: {_one_line(exc)}") from None
 
 
-def _parse_expression(expression: str, module_name: str) -> Tuple[str, Any, Dict[str, Any]]:
+def _parse_expression(expression: str, module_name: str) -> tuple[str, Any, dict[str, Any]]:
     """``name`` -> (name, None, {}); ``factory(1, x='y')`` -> (factory, [1], {'x': 'y'})."""
     if all(part.isidentifier() and not keyword.iskeyword(part) for part in expression.split(".")):
         # The usual spec: no need for ast, which the workers would otherwise carry for this
@@ -96,7 +97,7 @@ def _parse_expression(expression: str, module_name: str) -> Tuple[str, Any, Dict
         raise AppLoadError(f"{expression!r} is neither a name nor a call in {module_name}") from None
     if isinstance(node, ast.Call):
         try:
-            args: List[Any] = [ast.literal_eval(arg) for arg in node.args]
+            args: list[Any] = [ast.literal_eval(arg) for arg in node.args]
             kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
         except ValueError:
             raise AppLoadError(f"{expression!r}: factory arguments must be literals") from None

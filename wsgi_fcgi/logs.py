@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 ERROR_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 # Apache's combined format, plus the request time in microseconds and the worker pid.
@@ -32,8 +32,8 @@ access_log = logging.getLogger("wsgi_fcgi.access")
 _OURS = "_wsgi_fcgi"  # marks the handlers this module installed
 
 
-def setup_logging(level: str = "info", error_logfile: Optional[str] = "-",
-                  access_logfile: Optional[str] = None) -> None:
+def setup_logging(level: str = "info", error_logfile: str | None = "-",
+                  access_logfile: str | None = None) -> None:
     """(Re)install our handlers: the error log at ``level``; the access log
     only when ``access_logfile`` is given (``-`` means stderr)."""
     _install(error_log, error_logfile or "-", ERROR_FORMAT)
@@ -91,7 +91,7 @@ class AccessLog:
     def __init__(self, fmt: str = DEFAULT_ACCESS_FORMAT) -> None:
         self.json = fmt.strip().lower() == "json"
         self.fmt = fmt
-        self.extra_atoms: List[Tuple[str, str, str]] = [
+        self.extra_atoms: list[tuple[str, str, str]] = [
             (match.group(0)[2:-2], match.group(1), match.group(2)) for match in _HEADER_ATOM.finditer(fmt)]
         self.pid = os.getpid()
 
@@ -99,7 +99,7 @@ class AccessLog:
     def enabled(self) -> bool:
         return access_log.isEnabledFor(logging.INFO)
 
-    def log(self, environ: Dict[str, Any], status: Optional[str], headers: List[Tuple[str, str]],
+    def log(self, environ: dict[str, Any], status: str | None, headers: list[tuple[str, str]],
             sent: int, started: float) -> None:
         atoms = self.atoms(environ, status, headers, sent, time.monotonic() - started)
         if self.json:
@@ -107,11 +107,11 @@ class AccessLog:
         else:
             access_log.info("%s", self.fmt % atoms)
 
-    def atoms(self, environ: Dict[str, Any], status: Optional[str], headers: List[Tuple[str, str]],
-              sent: int, seconds: float) -> Dict[str, Any]:
+    def atoms(self, environ: dict[str, Any], status: str | None, headers: list[tuple[str, str]],
+              sent: int, seconds: float) -> dict[str, Any]:
         get = environ.get
         uri = get("REQUEST_URI") or _rebuild_uri(environ)
-        atoms: Dict[str, Any] = {
+        atoms: dict[str, Any] = {
             "h": get("REMOTE_ADDR") or "-",
             "l": "-",
             "u": get("REMOTE_USER") or "-",
@@ -137,13 +137,13 @@ class AccessLog:
         return atoms
 
 
-def _rebuild_uri(environ: Dict[str, Any]) -> str:
+def _rebuild_uri(environ: dict[str, Any]) -> str:
     query = environ.get("QUERY_STRING")
     path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
     return f"{path}?{query}" if query else path
 
 
-def _extra(environ: Dict[str, Any], headers: List[Tuple[str, str]], name: str, kind: str) -> str:
+def _extra(environ: dict[str, Any], headers: list[tuple[str, str]], name: str, kind: str) -> str:
     if kind == "i":
         return str(environ.get("HTTP_" + name.upper().replace("-", "_")) or "-")
     if kind == "o":
@@ -152,7 +152,7 @@ def _extra(environ: Dict[str, Any], headers: List[Tuple[str, str]], name: str, k
     return str(environ.get(name) or "-")
 
 
-def _json_fields(atoms: Dict[str, Any]) -> Dict[str, Any]:
+def _json_fields(atoms: dict[str, Any]) -> dict[str, Any]:
     return {"remote_addr": atoms["h"], "remote_user": atoms["u"], "time": atoms["t"][1:-1],
             "method": atoms["m"], "request": atoms["r"], "path": atoms["U"], "query": atoms["q"],
             "protocol": atoms["H"], "status": int(atoms["s"]), "bytes": atoms["B"],

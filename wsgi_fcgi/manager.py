@@ -31,7 +31,8 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Set, Tuple
+from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
 
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, StartupError
 from .config import Config
@@ -42,7 +43,7 @@ from .scoreboard import Scoreboard, SlotState
 from .sockets import Address, cleanup
 from .worker import Worker
 
-_setproctitle: Optional[Callable[[str], None]]
+_setproctitle: Callable[[str], None] | None
 try:  # optional, and untyped: nicer `ps` output
     _setproctitle = importlib.import_module("setproctitle").setproctitle
 except ImportError:  # pragma: no cover - depends on what is installed
@@ -94,16 +95,16 @@ class WorkerProcess:
         self.old = False  # from before a HUP: retired once the new generation is up
         self.stop_reason = ""  # why we told it to stop ("" = we did not)
         self.kill_at = 0.0  # SIGKILL if still alive then (0 = no deadline)
-        self.threads: List[SlotState] = []  # last scoreboard reading, one per thread, once booted
-        self.slow_reported: Set[float] = set()  # busy_since of requests reported as slow
+        self.threads: list[SlotState] = []  # last scoreboard reading, one per thread, once booted
+        self.slow_reported: set[float] = set()  # busy_since of requests reported as slow
 
     @property
-    def busy(self) -> List[SlotState]:
+    def busy(self) -> list[SlotState]:
         """Its threads' requests in progress."""
         return [state for state in self.threads if state.busy_since]
 
     @property
-    def idle_since(self) -> Optional[float]:
+    def idle_since(self) -> float | None:
         """When its last request ended, or None while booting or busy."""
         if not self.threads or self.busy:
             return None
@@ -125,8 +126,8 @@ class Arbiter:
     """
 
     def __init__(self, config: Config, listeners: Sequence[Any], addresses: Sequence[Address], *,
-                 workers: int, app: Optional[Callable[..., Any]] = None,
-                 app_spec: Optional[str] = None) -> None:
+                 workers: int, app: Callable[..., Any] | None = None,
+                 app_spec: str | None = None) -> None:
         if app is None and app_spec is None:
             raise ValueError("Arbiter needs app or app_spec")
         self.config = config
@@ -137,30 +138,30 @@ class Arbiter:
         self.app_spec = app_spec
         self.pool: str = config.pool
         self.label = app_spec or _callable_name(app)
-        self.workers: Dict[int, WorkerProcess] = {}
+        self.workers: dict[int, WorkerProcess] = {}
         self.threads = config.threads
         self.scoreboard = Scoreboard(max(MIN_SLOTS, 4 * workers), pool=self.pool, pool_size=workers,
                                      threads=self.threads)
         self._saturated = False  # every worker busy at the last look (for max_workers_reached)
         self._slow_after = config.slow_request_timeout
         self._free_slots = list(range(self.scoreboard.size - 1, -1, -1))
-        self._signals: List[int] = []
-        self._old_handlers: Dict[int, Any] = {}
+        self._signals: list[int] = []
+        self._old_handlers: dict[int, Any] = {}
         self._old_wakeup_fd = -1
         self._wakeup_r = self._wakeup_w = -1
         self._report_r = self._report_w = -1  # children report app load errors here
-        self._reports: Dict[int, str] = {}
+        self._reports: dict[int, str] = {}
         self._master_pid = os.getpid()
-        self._identity: Optional[Identity] = None
-        self._socket_files: Dict[str, Tuple[int, int]] = {}  # path -> (st_dev, st_ino) we created
+        self._identity: Identity | None = None
+        self._socket_files: dict[str, tuple[int, int]] = {}  # path -> (st_dev, st_ino) we created
         self._pidfile_written = False
-        self._stopping: Optional[str] = None
-        self._halted: Optional[StartupError] = None  # why the server stops by itself
+        self._stopping: str | None = None
+        self._halted: StartupError | None = None  # why the server stops by itself
         self._exit_code = 0
         self._boot_failures = 0  # consecutive workers that died at boot
         self._boot_errors = 0  # ... of which with exit code 3, in a row
         self._spawn_after = 0.0  # crash-storm back-off: no spawn before this time
-        self._actions: Dict[int, Callable[[], None]] = {
+        self._actions: dict[int, Callable[[], None]] = {
             signal.SIGTERM: lambda: self._begin_stop(GRACEFUL),
             signal.SIGINT: lambda: self._begin_stop(QUICK),
             signal.SIGQUIT: lambda: self._begin_stop(QUICK),
@@ -255,7 +256,7 @@ class Arbiter:
         for sig in HANDLED_SIGNALS:
             self._old_handlers[sig] = signal.signal(sig, self._queue_signal)
 
-    def _queue_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _queue_signal(self, signum: int, frame: FrameType | None) -> None:
         # Runs between two bytecodes of the loop: only note it. SIGCHLD needs
         # no entry; the wakeup byte is enough to make the loop reap.
         if signum != signal.SIGCHLD and len(self._signals) < MAX_QUEUED_SIGNALS:
@@ -501,11 +502,11 @@ class Arbiter:
 
     # --- pool sizing ------------------------------------------------------------------
 
-    def _active(self) -> List[WorkerProcess]:
+    def _active(self) -> list[WorkerProcess]:
         """Current-generation workers not told to stop (what the pool size counts)."""
         return [w for w in self.workers.values() if not (w.old or w.stop_reason or w.probe)]
 
-    def _serving(self) -> List[WorkerProcess]:
+    def _serving(self) -> list[WorkerProcess]:
         """Booted workers not told to stop, of any generation."""
         return [w for w in self.workers.values() if w.booted and not w.stop_reason]
 
@@ -533,7 +534,7 @@ class Arbiter:
         for _ in range(count):
             self._spawn()
 
-    def _retire_extra(self, active: List[WorkerProcess], count: int) -> None:
+    def _retire_extra(self, active: list[WorkerProcess], count: int) -> None:
         """After TTOU: retire booting, then idle, then the oldest workers."""
         if count <= 0:
             return
@@ -541,7 +542,7 @@ class Arbiter:
         for worker in order[:count]:
             self._retire(worker, "pool shrunk")
 
-    def _retire_idle(self, active: List[WorkerProcess], count: int, *, keep: int) -> None:
+    def _retire_idle(self, active: list[WorkerProcess], count: int, *, keep: int) -> None:
         """Retire up to ``count`` workers idle for longer than --idle-timeout, longest idle first."""
         cutoff = time.monotonic() - self.config.idle_timeout
         idle = sorted((w for w in active if w.idle_since is not None and w.idle_since < cutoff),
@@ -788,7 +789,7 @@ class Arbiter:
 # --- helpers ------------------------------------------------------------------------
 
 
-def _exit_at_once(signum: int, frame: Optional[FrameType]) -> None:
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
     os._exit(0)
 
 

@@ -9,7 +9,7 @@ FastCGI socket controls every request the app sees.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 from .config import Config
 from .errors import EXIT_BOOT_ERROR, EXIT_USAGE, StartupError
@@ -20,21 +20,21 @@ class Identity(NamedTuple):
 
     uid: int
     gid: int
-    user_name: Optional[str]  # for initgroups; None for a numeric uid with no passwd entry
+    user_name: str | None  # for initgroups; None for a numeric uid with no passwd entry
 
     def is_current(self) -> bool:
         return self.uid == os.geteuid() and self.gid == os.getegid()
 
 
 
-def resolve_identity(config: Config) -> Optional[Identity]:
+def resolve_identity(config: Config) -> Identity | None:
     """--user/--group as ids; None when neither is given. ValueError when we cannot switch."""
     import grp
     import pwd
 
     if config.user is None and config.group is None:
         return None
-    user_name: Optional[str] = None
+    user_name: str | None = None
     uid, gid = os.geteuid(), os.getegid()
     if config.user is not None:
         try:
@@ -52,7 +52,7 @@ def resolve_identity(config: Config) -> Optional[Identity]:
     return identity
 
 
-def identity_for(config: Config) -> Optional[Identity]:
+def identity_for(config: Config) -> Identity | None:
     """resolve_identity for start-up: options this process cannot honour are a
     usage error (exit 2) in every mode."""
     try:
@@ -61,7 +61,7 @@ def identity_for(config: Config) -> Optional[Identity]:
         raise StartupError(str(exc).strip("'\""), EXIT_USAGE) from None
 
 
-def switch_to(identity: Optional[Identity]) -> None:
+def switch_to(identity: Identity | None) -> None:
     """Become ``identity`` for good (nothing to do for None or the current
     user); the system refusing is a boot error (exit 3) in every mode."""
     if identity is None or identity.is_current():
@@ -82,7 +82,7 @@ def drop_privileges(identity: Identity) -> None:
     os.setuid(identity.uid)
 
 
-def root_refusal(config: Config) -> Optional[str]:
+def root_refusal(config: Config) -> str | None:
     """Why we will not start, when the app would run as root without being asked to."""
     if os.geteuid() == 0 and config.user is None and not config.allow_root:
         return ("refusing to run the app as root: pass --user USER (workers drop to it after binding) "
@@ -90,7 +90,7 @@ def root_refusal(config: Config) -> Optional[str]:
     return None
 
 
-def socket_owner(config: Config) -> Tuple[int, int]:
+def socket_owner(config: Config) -> tuple[int, int]:
     """(uid, gid) for a unix socket file we create: the workers' user, and
     --socket-group (else their group); (-1, -1) leaves it as created. Only root
     can give a file away."""

@@ -25,7 +25,8 @@ import functools
 import struct
 from dataclasses import dataclass, field
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
 
 # --- constants (spec section 8) -------------------------------------------
 
@@ -121,7 +122,7 @@ class Params:
     """The complete PARAMS stream of a request, decoded as latin-1, wire order kept."""
 
     request_id: int
-    pairs: List[Tuple[str, str]]
+    pairs: list[tuple[str, str]]
 
 
 class RequestHead(NamedTuple):
@@ -188,7 +189,7 @@ class EndRequest:
 
 @dataclass
 class GetValuesResult:
-    values: Dict[str, str]
+    values: dict[str, str]
 
 
 @dataclass
@@ -196,9 +197,8 @@ class UnknownType:
     type: int
 
 
-ServerEvent = Union[BeginRequest, Params, StdinData, StdinEnd, DataData, DataEnd,
-                    AbortRequest, ConnectionClosed]
-ClientEvent = Union[Stdout, Stderr, EndRequest, GetValuesResult, UnknownType, ConnectionClosed]
+ServerEvent = BeginRequest | Params | StdinData | StdinEnd | DataData | DataEnd | AbortRequest | ConnectionClosed
+ClientEvent = Stdout | Stderr | EndRequest | GetValuesResult | UnknownType | ConnectionClosed
 
 
 class _NeedData:
@@ -221,7 +221,7 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     return HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding) + content + PADDING[:padding]
 
 
-def encode_stream(record_type: int, request_id: int, data: bytes) -> List[bytes]:
+def encode_stream(record_type: int, request_id: int, data: bytes) -> list[bytes]:
     """Buffers holding ``data`` as records of at most 65535 bytes each (no end record).
 
     The payload is referenced through memoryviews, never copied, so the list can be
@@ -234,7 +234,7 @@ def encode_stream(record_type: int, request_id: int, data: bytes) -> List[bytes]
         padding = -total & 7
         header = HEADER.pack(FCGI_VERSION_1, record_type, request_id, total, padding)
         return [header, data, PADDING[:padding]] if padding else [header, data]
-    out: List[bytes] = []
+    out: list[bytes] = []
     view = memoryview(data)
     pos = 0
     while pos < total:
@@ -274,21 +274,21 @@ def _encode_length(length: int) -> bytes:
     return struct.pack("!I", length | 0x80000000)
 
 
-def encode_pairs(pairs: Iterable[Tuple[bytes, bytes]]) -> bytes:
+def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Name-value pairs (spec 3.4) with 1- or 4-byte lengths."""
-    parts: List[bytes] = []
+    parts: list[bytes] = []
     for name, value in pairs:
         parts += (_encode_length(len(name)), _encode_length(len(value)), name, value)
     return b"".join(parts)
 
 
-def encode_params(request_id: int, pairs: Iterable[Tuple[bytes, bytes]]) -> bytes:
+def encode_params(request_id: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     """A whole PARAMS stream, end record included."""
     return b"".join(encode_stream(FCGI_PARAMS, request_id, encode_pairs(pairs))) + \
         encode_record(FCGI_PARAMS, request_id)
 
 
-def decode_pairs(content: bytes, limits: Optional[Limits] = None) -> List[Tuple[str, str]]:
+def decode_pairs(content: bytes, limits: Limits | None = None) -> list[tuple[str, str]]:
     """Decode a complete name-value stream into latin-1 strings (PEP 3333's rule).
 
     Declared lengths are checked against the remaining bytes and ``limits``
@@ -304,7 +304,7 @@ def decode_pairs(content: bytes, limits: Optional[Limits] = None) -> List[Tuple[
     data = content
     end = len(data)
     pos = 0
-    pairs: List[Tuple[str, str]] = []
+    pairs: list[tuple[str, str]] = []
     append = pairs.append
     unpack_length = _LENGTH4.unpack_from
     max_name = limits.max_name_length
@@ -367,7 +367,7 @@ class RecordReader:
     def __init__(self) -> None:
         self._buffer: Any = b""  # bytes, or a memoryview of the tail of a received chunk
         self._offset = 0
-        self._queue: Deque[Any] = deque()  # chunks received behind an incomplete record
+        self._queue: deque[Any] = deque()  # chunks received behind an incomplete record
         self._queued = 0
         self._eof = False
 
@@ -389,7 +389,7 @@ class RecordReader:
     def buffered(self) -> int:
         return len(self._buffer) - self._offset + self._queued
 
-    def next_record(self) -> Optional[Record]:
+    def next_record(self) -> Record | None:
         """The next complete record, or None if more bytes are needed."""
         buf, start = self._buffer, self._offset
         available = len(buf) - start
@@ -455,7 +455,7 @@ class _ActiveRequest:
 
 
 @functools.lru_cache(maxsize=None)
-def _get_values_answers(max_conns: int, max_reqs: int) -> Dict[str, str]:
+def _get_values_answers(max_conns: int, max_reqs: int) -> dict[str, str]:
     return {FCGI_MAX_CONNS: str(max_conns), FCGI_MAX_REQS: str(max_reqs), FCGI_MPXS_CONNS: "0"}
 
 
@@ -469,13 +469,13 @@ class ServerConnection:
 
     def __init__(self, *, max_conns: int = 1, max_reqs: int = 1,
                  roles: Sequence[int] = (FCGI_RESPONDER, FCGI_AUTHORIZER, FCGI_FILTER),
-                 limits: Optional[Limits] = None) -> None:
+                 limits: Limits | None = None) -> None:
         self.limits = limits or _DEFAULT_LIMITS
         self.roles = frozenset(roles)
         self.values = _get_values_answers(max_conns, max_reqs)
         self._reader = RecordReader()
-        self._active: Optional[_ActiveRequest] = None
-        self._outgoing: List[bytes] = []
+        self._active: _ActiveRequest | None = None
+        self._outgoing: list[bytes] = []
         self.closed = False
         # After END_REQUEST: has the whole body of that request arrived (its empty
         # STDIN record seen)? Then the connection can close without lingering.
@@ -487,14 +487,14 @@ class ServerConnection:
         self._reader.feed(data)
 
     @property
-    def active_request_id(self) -> Optional[int]:
+    def active_request_id(self) -> int | None:
         return self._active.request_id if self._active else None
 
     @property
     def has_buffered_data(self) -> bool:
         return self._reader.buffered > 0
 
-    def next_event(self) -> Union[ServerEvent, _NeedData]:
+    def next_event(self) -> ServerEvent | _NeedData:
         """Process records until one yields an event for the application."""
         while True:
             record = self._reader.next_record()
@@ -507,7 +507,7 @@ class ServerConnection:
             if event is not None:
                 return event
 
-    def read_request_head(self) -> Optional[RequestHead]:
+    def read_request_head(self) -> RequestHead | None:
         """The fast path for the start of a request, from the buffer alone.
 
         What a web server sends for nearly every request, in one segment:
@@ -536,7 +536,7 @@ class ServerConnection:
         pos += FCGI_HEADER_LEN + 8 + padding
         if role not in self.roles:
             return None
-        chunks: List[bytes] = []
+        chunks: list[bytes] = []
         size = 0
         while True:  # PARAMS records up to the empty one
             if end - pos < FCGI_HEADER_LEN:
@@ -611,7 +611,7 @@ class ServerConnection:
         return encode_end_request(request_id, app_status, protocol_status)
 
     # record dispatch
-    def _handle(self, record: Record) -> Optional[ServerEvent]:
+    def _handle(self, record: Record) -> ServerEvent | None:
         rtype, rid = record.type, record.request_id
         if rid == FCGI_NULL_REQUEST_ID:
             self._handle_management(record)
@@ -652,7 +652,7 @@ class ServerConnection:
             self._outgoing.append(encode_record(FCGI_UNKNOWN_TYPE, 0, UNKNOWN_TYPE_BODY.pack(record.type & 0xFF)))
         return None
 
-    def _begin(self, record: Record) -> Optional[BeginRequest]:
+    def _begin(self, record: Record) -> BeginRequest | None:
         if len(record.content) != BEGIN_REQUEST_BODY.size:
             raise ProtocolError(f"BEGIN_REQUEST body of {len(record.content)} bytes, expected 8")
         role, flags = BEGIN_REQUEST_BODY.unpack(record.content)
@@ -668,7 +668,7 @@ class ServerConnection:
         self._active = _ActiveRequest(rid, role)
         return BeginRequest(rid, role, bool(flags & FCGI_KEEP_CONN))
 
-    def _params(self, active: _ActiveRequest, content: bytes) -> Optional[Params]:
+    def _params(self, active: _ActiveRequest, content: bytes) -> Params | None:
         if active.params_done:
             raise ProtocolError("PARAMS record after the end of the PARAMS stream")
         if content:
@@ -714,7 +714,7 @@ class ClientConnection:
     def receive_data(self, data: bytes) -> None:
         self._reader.feed(data)
 
-    def next_event(self) -> Union[ClientEvent, _NeedData]:
+    def next_event(self) -> ClientEvent | _NeedData:
         record = self._reader.next_record()
         if record is None:
             return ConnectionClosed() if self._reader.eof else NEED_DATA

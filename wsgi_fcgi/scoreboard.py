@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 # busy_since (0.0 = idle), idle_since, last request's duration, requests served,
 # pid, current (or last) request description
@@ -103,14 +103,14 @@ class Scoreboard:
             raise IndexError(index, thread)
         return Slot(self._memory, HEADER_SIZE + (index * self.threads + thread) * SLOT_SIZE)
 
-    def worker_slots(self, index: int) -> List[Slot]:
+    def worker_slots(self, index: int) -> list[Slot]:
         """Worker ``index``'s slots, one per thread."""
         return [self.slot(index, thread) for thread in range(self.threads)]
 
-    def read_worker(self, index: int) -> List[SlotState]:
+    def read_worker(self, index: int) -> list[SlotState]:
         return [slot.read() for slot in self.worker_slots(index)]
 
-    def slots(self) -> List[SlotState]:
+    def slots(self) -> list[SlotState]:
         """Every thread's slot, worker by worker."""
         return [state for index in range(self.size) for state in self.read_worker(index)]
 

@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 import stat
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple
 
 DEFAULT_TCP_ADDRESS = "127.0.0.1:9000"
 
@@ -25,7 +25,7 @@ class AddressError(ValueError):
 class Address(NamedTuple):
     family: int
     # unix: the path; inet: (host, port); fd: the descriptor number
-    target: Union[str, Tuple[str, int], int]
+    target: str | tuple[str, int] | int
     spec: str
 
     @property
@@ -86,8 +86,8 @@ def is_loopback(address: Address) -> bool:
         return False
 
 
-def bind(address: Address, *, backlog: int = 1024, socket_mode: Optional[int] = 0o660,
-         owner: Tuple[int, int] = (-1, -1)) -> socket.socket:
+def bind(address: Address, *, backlog: int = 1024, socket_mode: int | None = 0o660,
+         owner: tuple[int, int] = (-1, -1)) -> socket.socket:
     """A listening socket for ``address``. A stale unix socket file is replaced,
     one that a live server still answers on is not. A unix socket file gets its
     mode and ``owner`` (uid, gid; -1 keeps one) before listen(), so no client
@@ -149,7 +149,7 @@ def adopt_fd(fd: int) -> socket.socket:
     return sock
 
 
-def inherited_listener() -> Optional[socket.socket]:
+def inherited_listener() -> socket.socket | None:
     """The listening socket on fd 0 that a spawning web server left us, if any.
 
     The spec's test is getpeername() failing with ENOTCONN; SO_ACCEPTCONN says
@@ -177,7 +177,7 @@ def inherited_listener() -> Optional[socket.socket]:
     return sock
 
 
-def connect(address: Address, timeout: Optional[float] = None) -> socket.socket:
+def connect(address: Address, timeout: float | None = None) -> socket.socket:
     """A client connection to ``address`` (for the client and health checks)."""
     if address.is_fd:
         raise AddressError("cannot connect to an fd:// address")

@@ -16,13 +16,14 @@ import os
 import socket
 import struct
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from .scoreboard import Scoreboard, SlotState
 
 # A page: (status line, headers, body)
-Page = Tuple[str, List[Tuple[str, str]], bytes]
-PageFunction = Callable[[Dict[str, Any]], Page]
+Page = tuple[str, list[tuple[str, str]], bytes]
+PageFunction = Callable[[dict[str, Any]], Page]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -31,14 +32,14 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 def ping_page(response: str) -> PageFunction:
     body = response.encode("utf-8")
 
-    def page(environ: Dict[str, Any]) -> Page:
+    def page(environ: dict[str, Any]) -> Page:
         return "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
                           ("Cache-Control", "no-store")], body
     return page
 
 
 def status_page(scoreboard: Scoreboard, listeners: Sequence[socket.socket]) -> PageFunction:
-    def page(environ: Dict[str, Any]) -> Page:
+    def page(environ: dict[str, Any]) -> Page:
         query = environ.get("QUERY_STRING", "")
         flags = set(part.split("=", 1)[0] for part in query.split("&") if part)
         report = collect(scoreboard, listeners, full="full" in flags)
@@ -53,7 +54,7 @@ def status_page(scoreboard: Scoreboard, listeners: Sequence[socket.socket]) -> P
     return page
 
 
-def collect(scoreboard: Scoreboard, listeners: Sequence[socket.socket], *, full: bool) -> Dict[str, Any]:
+def collect(scoreboard: Scoreboard, listeners: Sequence[socket.socket], *, full: bool) -> dict[str, Any]:
     """The report. With --threads a "worker" in it is one thread, a request
     slot: that is what tells a saturated pool from an idle one."""
     pool = scoreboard.pool()
@@ -63,7 +64,7 @@ def collect(scoreboard: Scoreboard, listeners: Sequence[socket.socket], *, full:
              if slot.pid and _alive(slot.pid)]
     active = sum(1 for _, slot in slots if slot.busy_since)
     queue = listen_queue(listeners)
-    report: Dict[str, Any] = {
+    report: dict[str, Any] = {
         "pool": pool.pool,
         "start_time": int(pool.start_time),
         "start_since": int(now - pool.started),
@@ -81,13 +82,13 @@ def collect(scoreboard: Scoreboard, listeners: Sequence[socket.socket], *, full:
         "threads_per_process": threads,
     }
     if full:
-        usage: Dict[int, Tuple[Optional[float], Optional[int]]] = {}
+        usage: dict[int, tuple[float | None, int | None]] = {}
         report["workers"] = [_worker(slot, thread, now, usage) for thread, slot in slots]
     return report
 
 
 def _worker(slot: SlotState, thread: int, now: float,
-            usage: Dict[int, Tuple[Optional[float], Optional[int]]]) -> Dict[str, Any]:
+            usage: dict[int, tuple[float | None, int | None]]) -> dict[str, Any]:
     busy = bool(slot.busy_since)
     duration = (now - slot.busy_since) if busy else slot.last_duration
     method, _, uri = slot.request.partition(" ")
@@ -103,7 +104,7 @@ def _alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-def _process_usage(pid: int) -> Tuple[Optional[float], Optional[int]]:
+def _process_usage(pid: int) -> tuple[float | None, int | None]:
     """CPU seconds (user + system) and resident memory of ``pid``, from /proc."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -118,7 +119,7 @@ def _process_usage(pid: int) -> Tuple[Optional[float], Optional[int]]:
 _TCP_INFO = struct.Struct("=8B6I")  # ... tcpi_unacked, tcpi_sacked: for a listener, its queue and backlog
 
 
-def listen_queue(listeners: Sequence[socket.socket]) -> Optional[Tuple[int, int]]:
+def listen_queue(listeners: Sequence[socket.socket]) -> tuple[int, int] | None:
     """(connections waiting, backlog) summed over TCP listeners; None where the
     platform does not tell (unix sockets)."""
     waiting = backlog = 0
@@ -135,7 +136,7 @@ def listen_queue(listeners: Sequence[socket.socket]) -> Optional[Tuple[int, int]
     return (waiting, backlog) if found else None
 
 
-def text(report: Dict[str, Any]) -> str:
+def text(report: dict[str, Any]) -> str:
     lines = [f"{key.replace('_', ' ')}: {'-' if value is None else value}"
              for key, value in report.items() if key != "workers"]
     for worker in report.get("workers", []):
@@ -144,11 +145,11 @@ def text(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def openmetrics(report: Dict[str, Any]) -> str:
+def openmetrics(report: dict[str, Any]) -> str:
     gauges = ("listen_queue", "active_workers", "idle_workers", "total_workers", "max_workers",
               "max_active_workers", "processes", "threads_per_process")
     counters = ("accepted_requests", "max_workers_reached", "slow_requests")
-    lines: List[str] = []
+    lines: list[str] = []
     for name in gauges:
         if report.get(name) is not None:
             lines += [f"# TYPE wsgi_fcgi_{name} gauge", f"wsgi_fcgi_{name} {report[name]}"]

@@ -44,7 +44,8 @@ import time
 import traceback
 from collections import deque
 from types import FrameType
-from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any
+from collections.abc import Sequence
 
 from .handler import WSGIApp
 from .scoreboard import Slot
@@ -56,7 +57,7 @@ error_log = logging.getLogger("wsgi_fcgi.error")
 class ThreadedWorker(Worker):
     """A Worker whose requests run on ``len(slots)`` threads, one scoreboard slot each."""
 
-    def __init__(self, app: WSGIApp, listeners: List[Any], *, slots: Sequence[Slot], timeout: float = 0.0,
+    def __init__(self, app: WSGIApp, listeners: list[Any], *, slots: Sequence[Slot], timeout: float = 0.0,
                  slow_request_timeout: float = 0.0, **options: Any) -> None:
         self.threads = len(slots)
         super().__init__(app, listeners, slot=slots[0], multithread=True, **options)
@@ -65,22 +66,22 @@ class ThreadedWorker(Worker):
         self.slow_request_timeout = slow_request_timeout
         self._lock = threading.Lock()  # busy, _stuck, requests
         self.busy = 0  # threads that hold a connection
-        self._ready: queue.SimpleQueue[Optional[Connection]] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
         # Threads to the loop: a kept connection to park, or None for "a thread is free".
-        self._finished: queue.SimpleQueue[Optional[Connection]] = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
         self._finished_r = self._finished_w = -1
-        self._waiting: Deque[Connection] = deque()  # kept connections with a request, no thread free
-        self._stuck: Set[int] = set()  # threads whose request passed --timeout
-        self._idents: List[int] = [0] * self.threads
-        self._slow_reported: Dict[int, float] = {}  # thread -> busy_since of the request logged as slow
+        self._waiting: deque[Connection] = deque()  # kept connections with a request, no thread free
+        self._stuck: set[int] = set()  # threads whose request passed --timeout
+        self._idents: list[int] = [0] * self.threads
+        self._slow_reported: dict[int, float] = {}  # thread -> busy_since of the request logged as slow
         self._abort_asked = self._slow_asked = False
         self._drain_until = 0.0
 
     # --- signals: flags for the loop
-    def _timed_out(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _timed_out(self, signum: int, frame: FrameType | None) -> None:
         self._abort_asked = True
 
-    def _log_slow_request(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _log_slow_request(self, signum: int, frame: FrameType | None) -> None:
         self._slow_asked = True
 
     # --- request threads
@@ -108,7 +109,7 @@ class ThreadedWorker(Worker):
             conn.close()
             return False
 
-    def _next_while_saturated(self) -> Optional[Connection]:
+    def _next_while_saturated(self) -> Connection | None:
         """With every thread busy the loop is not listening: take the next
         connection here, a waiting kept one first. (A stale look at ``busy``
         costs at most one round trip through the loop.)"""
@@ -125,7 +126,7 @@ class ThreadedWorker(Worker):
                 return conn  # type: ignore[no-any-return]
         return None
 
-    def _release_thread(self, index: int, to_park: Optional[Connection]) -> None:
+    def _release_thread(self, index: int, to_park: Connection | None) -> None:
         """This thread is free. The loop hears of it only when that changes
         what it does: it parks a kept connection, listens again after all
         threads were busy, or ends once told to stop."""
@@ -271,14 +272,14 @@ class ThreadedWorker(Worker):
             self._slow_asked = False
             self._log_slow_threads()
 
-    def _over(self, limit: float) -> List[Tuple[int, Any]]:
+    def _over(self, limit: float) -> list[tuple[int, Any]]:
         """(thread, slot state) of every request running for ``limit`` seconds or more."""
         now = time.monotonic()
         states = [(index, slot.read()) for index, slot in enumerate(self.slots)]
         return [(index, state) for index, state in states
                 if limit and state.busy_since and now - state.busy_since >= limit]
 
-    def _stack_of(self, index: int) -> Optional[FrameType]:
+    def _stack_of(self, index: int) -> FrameType | None:
         return sys._current_frames().get(self._idents[index])
 
     def _retire_for_timeout(self) -> None:

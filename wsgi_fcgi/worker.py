@@ -32,7 +32,8 @@ import sys
 import time
 import traceback
 from types import FrameType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from . import protocol as p
 from .config import Config, parse_networks
@@ -80,7 +81,7 @@ class Connection:
         self.peer = peer
         self.request_id = 0
         self.input_finished = False
-        self._stash: Optional[p.ServerEvent] = None
+        self._stash: p.ServerEvent | None = None
         self.idle_since = 0.0
         self._timeval = timeval  # the stall timeout, packed once per worker; b"": none
         # Until the first call that would block, recv/sendmsg do not wait.
@@ -120,7 +121,7 @@ class Connection:
         self._arm_stall_timeout()
         return self._recv(size)
 
-    def read_request_head(self) -> Optional[Tuple[p.BeginRequest, p.Params]]:
+    def read_request_head(self) -> tuple[p.BeginRequest, p.Params] | None:
         """BEGIN_REQUEST and PARAMS through the protocol's fast path, reading once
         if nothing is buffered; None when the general path (next_event) must run."""
         if self._stash is not None:
@@ -170,7 +171,7 @@ class Connection:
         return None
 
     def _read_stream(self, chunk_type: type, end_type: type,
-                     fast: Optional[Callable[[], Any]] = None) -> bytes:
+                     fast: Callable[[], Any] | None = None) -> bytes:
         try:
             if fast is not None:
                 chunk = self._fast_chunk(fast)
@@ -196,7 +197,7 @@ class Connection:
             raise ClientDisconnected("the web server closed the connection")
         raise ClientDisconnected(f"unexpected {type(event).__name__} while reading the request body")
 
-    def send(self, buffers: List[Any]) -> None:
+    def send(self, buffers: list[Any]) -> None:
         """Send every byte of ``buffers``: one sendmsg in the common case."""
         try:
             try:
@@ -225,7 +226,7 @@ class Connection:
         except (BrokenPipeError, ConnectionResetError, BlockingIOError) as exc:
             raise ClientDisconnected(f"sending the response failed: {exc.strerror or 'timed out'}") from None
 
-    def _send_rest(self, buffers: List[Any], sent: int) -> None:
+    def _send_rest(self, buffers: list[Any], sent: int) -> None:
         """The slow path of send(): a full socket buffer or more than MAX_IOV buffers."""
         if self._flags:
             self._arm_stall_timeout()
@@ -295,13 +296,13 @@ def drain_pipe(fd: int) -> None:
         pass
 
 
-def _sendmsg_all(sock: socket.socket, buffers: List[Any]) -> None:
+def _sendmsg_all(sock: socket.socket, buffers: list[Any]) -> None:
     """sendmsg until every byte of ``buffers`` is out (a blocking send can be partial)."""
     while buffers:
         buffers = _skip(buffers, sock.sendmsg(buffers))
 
 
-def _skip(buffers: List[Any], sent: int) -> List[Any]:
+def _skip(buffers: list[Any], sent: int) -> list[Any]:
     """What is left of ``buffers`` once their first ``sent`` bytes went out."""
     for index, buffer in enumerate(buffers):
         length = len(buffer)
@@ -322,13 +323,13 @@ class Worker:
 
     threads = 1  # requests served at once
 
-    def __init__(self, app: WSGIApp, listeners: List[socket.socket], *, script_name: Optional[str] = None,
+    def __init__(self, app: WSGIApp, listeners: list[socket.socket], *, script_name: str | None = None,
                  max_requests: int = 0, read_timeout: float = 30.0, keepalive_timeout: float = 60.0,
-                 limits: Optional[p.Limits] = None, pool_size: int = 1, slot: Optional[Slot] = None,
-                 parent_pid: Optional[int] = None, multiprocess: bool = True, multithread: bool = False,
+                 limits: p.Limits | None = None, pool_size: int = 1, slot: Slot | None = None,
+                 parent_pid: int | None = None, multiprocess: bool = True, multithread: bool = False,
                  limit_request_body: int = 0, max_idle_connections: int = 32,
-                 allowed_peers: Sequence[Any] = (), access_log: Optional[AccessLog] = None,
-                 pages: Optional[Dict[str, Any]] = None, slow_log_fd: int = 2, reload: bool = False) -> None:
+                 allowed_peers: Sequence[Any] = (), access_log: AccessLog | None = None,
+                 pages: dict[str, Any] | None = None, slow_log_fd: int = 2, reload: bool = False) -> None:
         self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess,
                                       multithread=multithread, limit_request_body=limit_request_body,
                                       access_log=access_log, pages=pages)
@@ -354,28 +355,28 @@ class Worker:
         self._next_idle_check = 0.0
         self.reopen_logs = False
         self.requests = 0
-        self.idle: Dict[int, Connection] = {}
-        self._epoll: Optional[select.epoll] = None
+        self.idle: dict[int, Connection] = {}
+        self._epoll: select.epoll | None = None
         self._accept_paused_until = 0.0
         self._listening = False  # the listening sockets are in the epoll set
         self._last_accept_error_log = -ACCEPT_ERROR_LOG_INTERVAL
         self._wakeup_r = -1
 
     @staticmethod
-    def from_config(app: WSGIApp, listeners: List[socket.socket], config: Config, *, max_requests: int,
-                    pool_size: int, scoreboard: Optional[Scoreboard] = None, slot_index: int = 0,
-                    parent_pid: Optional[int] = None) -> "Worker":
+    def from_config(app: WSGIApp, listeners: list[socket.socket], config: Config, *, max_requests: int,
+                    pool_size: int, scoreboard: Scoreboard | None = None, slot_index: int = 0,
+                    parent_pid: int | None = None) -> Worker:
         """The one place where settings become worker options (master and
         single-process mode): a Worker, or a ThreadedWorker with --threads."""
         if scoreboard is None:  # no master: a scoreboard of our own, for the status page
             scoreboard = Scoreboard(1, pool_size=1, threads=config.threads)
         slots = scoreboard.worker_slots(slot_index)
-        pages: Dict[str, Any] = {}
+        pages: dict[str, Any] = {}
         if config.ping_path:
             pages[config.ping_path] = ping_page(config.ping_response)
         if config.status_path:
             pages[config.status_path] = status_page(scoreboard, listeners)
-        options: Dict[str, Any] = dict(
+        options: dict[str, Any] = dict(
             script_name=config.script_name, max_requests=max_requests,
             read_timeout=config.read_timeout, keepalive_timeout=config.keepalive_timeout,
             limits=p.Limits(max_params_bytes=config.max_params_bytes, max_params_count=config.max_params_count),
@@ -403,23 +404,23 @@ class Worker:
         signal.signal(signal.SIGUSR1, self._ask_reopen_logs)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
-    def _ask_reopen_logs(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _ask_reopen_logs(self, signum: int, frame: FrameType | None) -> None:
         self.reopen_logs = True  # done in the loop, never inside a handler that may interrupt a log write
 
-    def _stop_gracefully(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _stop_gracefully(self, signum: int, frame: FrameType | None) -> None:
         self.alive = False
 
-    def _stop_now(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _stop_now(self, signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)
 
-    def _log_slow_request(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _log_slow_request(self, signum: int, frame: FrameType | None) -> None:
         """USR2 from the master: this request is slow. Its stack goes to the slow log with
         one os.write (no logging lock taken inside a signal handler); the request goes on."""
         state = self.slot.read()
         if state.busy_since:
             self._write_slow_entry(state, frame)
 
-    def _write_slow_entry(self, state: SlotState, frame: Optional[FrameType], where: str = "") -> None:
+    def _write_slow_entry(self, state: SlotState, frame: FrameType | None, where: str = "") -> None:
         stack = "".join(traceback.format_stack(frame)) if frame else ""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         text = (f"{stamp} [{os.getpid()}] [SLOW] {state.request}{where} running for "
@@ -429,7 +430,7 @@ class Worker:
         except OSError:
             pass
 
-    def _timed_out(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _timed_out(self, signum: int, frame: FrameType | None) -> None:
         state = self.slot.read()
         stack = "".join(traceback.format_stack(frame)) if frame else ""
         error_log.error("worker %d killed by the timeout while handling %s; it was here:\n%s",
@@ -632,7 +633,7 @@ class Worker:
             self._set_listening(False)
             self._set_listening(True)
 
-    def _readable_idle(self) -> Set[int]:
+    def _readable_idle(self) -> set[int]:
         """Idle connections on which a request has already arrived (or the peer closed)."""
         poller = select.poll()
         for fd in self.idle:
@@ -724,12 +725,12 @@ class Worker:
         conn.close()
         return False
 
-    def _read_request_head(self, conn: Connection) -> Tuple[Optional[p.BeginRequest], Optional[p.Params]]:
+    def _read_request_head(self, conn: Connection) -> tuple[p.BeginRequest | None, p.Params | None]:
         """Wait for BEGIN_REQUEST and the complete PARAMS; (None, None) if the peer closed."""
         head = conn.read_request_head()
         if head is not None:
             return head
-        begin: Optional[p.BeginRequest] = None
+        begin: p.BeginRequest | None = None
         while True:
             event = conn.next_event()
             if isinstance(event, p.ConnectionClosed):
@@ -798,7 +799,7 @@ class SourceWatch:
 
         skip = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")})
         self.changed_file = ""
-        self._mtimes: Dict[str, float] = {}
+        self._mtimes: dict[str, float] = {}
         for module in list(sys.modules.values()):
             path = getattr(module, "__file__", None)
             if path and path.endswith(".py") and not path.startswith(skip):
@@ -819,7 +820,7 @@ class SourceWatch:
         return False
 
 
-def allowed_networks(config: Config) -> List[Any]:
+def allowed_networks(config: Config) -> list[Any]:
     """--allowed-addr plus FCGI_WEB_SERVER_ADDRS (spec 3.2: comma-separated addresses)."""
     networks = list(config.allowed_addr or [])
     from_env = os.environ.get("FCGI_WEB_SERVER_ADDRS", "").strip()
@@ -838,7 +839,7 @@ class PeerFilter:
 
     def __init__(self, networks: Sequence[Any]) -> None:
         self.networks = list(networks)
-        self._logged: Dict[str, float] = {}
+        self._logged: dict[str, float] = {}
 
     def allows(self, peer: Any) -> bool:
         if not self.networks or not isinstance(peer, tuple):
@@ -863,7 +864,7 @@ class PeerFilter:
                               "(logged once a minute per address)", address)
 
 
-def _method_and_uri(pairs: List[Tuple[str, str]]) -> Tuple[str, str]:
+def _method_and_uri(pairs: list[tuple[str, str]]) -> tuple[str, str]:
     """For the scoreboard and the timeout log: which request this is."""
     method = uri = ""
     for name, value in pairs:
