@@ -49,8 +49,7 @@ from collections.abc import Sequence
 
 from .handler import WSGIApp
 from .scoreboard import Slot
-from .worker import (DRAIN_SECONDS, NOTHING_TO_ACCEPT, QUIET_BEFORE_CLOSE, Connection, Worker,
-                     _keep_freed_memory, drain_pipe)
+from .worker import DRAIN_SECONDS, NOTHING_TO_ACCEPT, QUIET_BEFORE_CLOSE, Connection, Worker, drain_pipe
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
@@ -152,21 +151,16 @@ class ThreadedWorker(Worker):
             return self.threads - self.busy
 
     # --- the loop
-    def run(self) -> None:
-        self._install_signals()
-        _keep_freed_memory()
-        pid = os.getpid()
+    def _claim_slots(self, pid: int) -> None:
         for slot in reversed(self.slots):  # slot 0 last: the master takes its pid as "booted"
             slot.reset(pid)
+
+    def run(self) -> None:
         self._finished_r, self._finished_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for index in range(self.threads):
             threading.Thread(target=self._thread_main, args=(index,), name=f"wsgi_fcgi-request-{index}",
                              daemon=True).start()
-        epoll = self._epoll = select.epoll()
-        for sock in self.listeners.values():
-            sock.setblocking(False)
-        self._set_listening(True)
-        epoll.register(self._wakeup_r, select.EPOLLIN)
+        epoll = self._open_loop()
         epoll.register(self._finished_r, select.EPOLLIN)
         try:
             while not self._finished_serving():

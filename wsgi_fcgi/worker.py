@@ -445,15 +445,25 @@ class Worker:
         reports that it is alive from it (wsgi_fcgi.gunicorn notifies gunicorn's
         arbiter, which kills a worker that stays silent for --timeout)."""
 
-    def run(self) -> None:
+    def _open_loop(self) -> select.epoll:
+        """What every worker loop does first: signal handlers, the allocator's
+        setting, its scoreboard slots claimed, and the epoll set with the
+        listening sockets and the signal pipe."""
         self._install_signals()
         _keep_freed_memory()
-        self.slot.reset(os.getpid())
+        self._claim_slots(os.getpid())
         epoll = self._epoll = select.epoll()
         for sock in self.listeners.values():
             sock.setblocking(False)
         self._set_listening(True)
         epoll.register(self._wakeup_r, select.EPOLLIN)
+        return epoll
+
+    def _claim_slots(self, pid: int) -> None:
+        self.slot.reset(pid)  # the master now takes this worker as booted
+
+    def run(self) -> None:
+        epoll = self._open_loop()
         try:
             while self.alive:
                 self.heartbeat()
