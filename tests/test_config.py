@@ -4,6 +4,7 @@ the precedence defaults < file < WSGI_FCGI_ARGS < command line."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,13 @@ def test_help_is_grouped_by_topic() -> None:
                          timeout=30).stdout
     for section in ("server:", "security:", "application:", "workers:", "limits:", "process:", "logging:"):
         assert section in out
+
+
+def test_every_flag_the_readme_names_is_a_setting() -> None:
+    """The README's flag table is written by hand: it must not name a flag that does not exist."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `-")]
+    named = {flag for line in table for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", line.split("|")[1])}
+    known = {flag for setting in SETTINGS for flag in setting.flags} | {"-c", "--config", "--check-config"}
+    assert len(table) > 10
+    assert named - known == set()

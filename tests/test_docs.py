@@ -118,6 +118,45 @@ def test_relative_links_resolve():
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
+
+def _resolves(name: str) -> bool:
+    """Whether ``module.Class.attr``, ``Class.attr`` or ``attr`` names something in
+    the package (a bare name: an attribute of some module or class in it)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import wsgi_fcgi
+
+    modules = {info.name: importlib.import_module(f"wsgi_fcgi.{info.name}")
+               for info in pkgutil.iter_modules(wsgi_fcgi.__path__) if info.name not in ("__main__", "gunicorn")}
+    parts = name.split(".")
+    if parts[0] in modules:
+        starts: List[object] = [modules[parts.pop(0)]]
+    else:  # anything of that name in any module, or in any class of one
+        starts = [*modules.values()]
+        starts += [cls for module in modules.values() for _, cls in inspect.getmembers(module, inspect.isclass)]
+    for start in starts:
+        target = start
+        for part in parts:
+            target = getattr(target, part, None)
+            if target is None:
+                break
+        else:
+            return True
+    return False
+
+
+def test_how_a_request_flows_names_functions_that_exist():
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("### How a request flows", 1)[1].split("\n## ", 1)[0]
+    names = [n for n in re.findall(r"`([A-Za-z_][\w.]*)`", section) if not n.startswith("wsgi.")
+             and n not in ("sendmsg", "recv", "FCGI_KEEP_CONN")]
+    assert len(names) > 15
+    missing = [n for n in names if not _resolves(n)]
+    assert not missing, "README's 'How a request flows' names what the code no longer has: " + ", ".join(missing)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python tests/test_docs.py --write   (refresh the included example files in docs/)")

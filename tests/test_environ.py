@@ -126,7 +126,7 @@ def expected_split(fixture: ParamsFixture) -> tuple[str, str]:
     return mount, path[len(mount) :]
 
 
-# Variants whose PARAMS cannot reveal the mount (servers.md 7.5.5).
+# Variants whose PARAMS cannot reveal the mount (docs/environ.md, rule 5.5).
 PROXYPASS_VARIANTS = {
     "apache-proxypass",
     "apache-proxypass-generic",
@@ -168,7 +168,7 @@ def routing_params() -> tuple[list[Any], dict[str, str]]:
     Every fixture runs with the mount it states ("configured"). In auto mode
     only those whose PARAMS reveal the mount: for the others (Apache
     ProxyPass, lighttpd's "/" key without fix-root-scriptname, cgi-fcgi's bare
-    environment; servers.md 7.5.5) auto mode gives a known wrong split, which
+    environment; docs/environ.md, rule 5.5) auto mode gives a known wrong split, which
     test_fixture_auto_mode pins, and routing them could only fail. With the
     committed fixtures that leaves out 63."""
     cases: list[Any] = []
@@ -844,7 +844,7 @@ def test_returns_a_new_dict_and_leaves_the_input_alone() -> None:
     assert pairs == snapshot
 
 
-# Path repairs, one per server behaviour (servers.md 2 and 7.5).
+# Path repairs, one per server behaviour (docs/environ.md, rule 5).
 
 
 def test_nginx_root_whole_path_in_script_name() -> None:

@@ -204,9 +204,10 @@ def test_max_requests_recycles_workers_under_nginx_keepalive(gunicorn: Any, ngin
             pids.add(int(result.body))
     finally:
         conn.close()
-    # 24 requests, 4 per worker: at least 6 workers served, and the first ones were replaced.
+    # 24 requests, 4 per worker: at least 6 workers served, and first workers were replaced
+    # (which ones nginx's kept connections reach is its choice: not necessarily both).
     assert len(pids) >= 6, pids
-    assert not first & set(server.wait_for_workers())
+    assert first - set(server.wait_for_workers())
     assert "upstream prematurely closed" not in web.error_log_text()
 
 

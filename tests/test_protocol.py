@@ -1247,3 +1247,104 @@ def test_a_record_across_chunks_is_joined_and_reading_goes_on_in_the_last_chunk(
     assert bytes(second.content) == b"b" * 50 and bytes(third.content) == b"c" * 10
     assert second.content.obj is third.content.obj  # the rest of the tail chunk, viewed in place
     assert reader.next_record() is None and reader.buffered == 0
+
+
+# --- the request's state, and records that arrive while the app runs ------------------
+
+
+@pytest.mark.parametrize("role, ends, states", [
+    (FCGI_RESPONDER, [FCGI_STDIN], [p.RequestState.STDIN, p.RequestState.INPUT_COMPLETE]),
+    (FCGI_AUTHORIZER, [FCGI_STDIN], [p.RequestState.STDIN, p.RequestState.INPUT_COMPLETE]),
+    (FCGI_FILTER, [FCGI_STDIN, FCGI_DATA],
+     [p.RequestState.STDIN, p.RequestState.DATA, p.RequestState.INPUT_COMPLETE]),
+])
+def test_each_empty_record_moves_the_request_to_its_next_state(role: int, ends: List[int],
+                                                               states: List[p.RequestState]) -> None:
+    conn = ServerConnection()
+    assert conn.state is None
+    conn.receive_data(begin(1, role))
+    conn.next_event()
+    assert conn.state is p.RequestState.PARAMS
+    started_states = [conn.state]
+    feed(conn, params_stream(1, [(b"A", b"1")]), on_end=False)
+    started_states.append(conn.state)
+    for stream in ends:
+        assert conn.stream_open(stream)
+        feed(conn, rec(stream, 1, b""), on_end=False)
+        assert not conn.stream_open(stream)
+        started_states.append(conn.state)
+    assert started_states == [p.RequestState.PARAMS, *states]
+    assert conn.input_complete
+    conn.end_request(1)
+    assert conn.state is None and conn.ended_input_complete
+
+
+def test_an_authorizer_that_got_no_stdin_still_counts_as_complete_once_answered() -> None:
+    # mod_authnz_fcgi sends no STDIN record at all: nothing is waited for after END_REQUEST.
+    conn = ServerConnection()
+    started(conn, 1, FCGI_AUTHORIZER)
+    assert not conn.input_complete
+    conn.end_request(1)
+    assert conn.ended_input_complete
+
+
+def test_the_fast_path_leaves_the_same_state_as_the_general_one() -> None:
+    get = begin(1) + params_stream(1, [(b"REQUEST_METHOD", b"GET")]) + rec(FCGI_STDIN, 1, b"")
+    for data in (get, get[:-8]):  # with and without the empty STDIN record
+        fast, general = ServerConnection(), ServerConnection()
+        fast.receive_data(data)
+        assert fast.read_request_head() is not None
+        feed(general, data, on_end=False)
+        assert fast.state is general.state
+
+
+def _responding(body_unread: bytes = b"") -> ServerConnection:
+    """A request whose app is running: STDIN still open unless ``body_unread`` is None."""
+    conn = ServerConnection()
+    started(conn, 1)
+    if body_unread:
+        conn.receive_data(rec(FCGI_STDIN, 1, body_unread))
+    return conn
+
+
+def test_a_second_begin_request_while_the_app_runs_is_refused_at_once() -> None:
+    conn = _responding()
+    conn.receive_data(begin(2))
+    assert conn.next_event_during_response() is NEED_DATA
+    assert replies(conn.data_to_send()) == [EndRequest(2, 0, p.FCGI_CANT_MPX_CONN)]
+    assert conn.active_request_id == 1
+
+
+def test_get_values_while_the_app_runs_is_answered() -> None:
+    conn = _responding()
+    conn.receive_data(_get_values(b"FCGI_MPXS_CONNS"))
+    assert conn.next_event_during_response() is NEED_DATA
+    assert replies(conn.data_to_send()) == [p.GetValuesResult({"FCGI_MPXS_CONNS": "0"})]
+
+
+def test_an_abort_while_the_app_runs_is_an_event() -> None:
+    conn = _responding()
+    conn.receive_data(rec(FCGI_STDIN, 1, b"") + rec(p.FCGI_ABORT_REQUEST, 1))
+    assert conn.next_event_during_response() == AbortRequest(1)
+    assert conn.input_complete  # the end of STDIN before it was taken on the way
+
+
+def test_the_apps_unread_body_stays_for_wsgi_input() -> None:
+    conn = _responding(body_unread=b"not read yet")
+    conn.receive_data(rec(p.FCGI_ABORT_REQUEST, 1))
+    assert conn.next_event_during_response() is NEED_DATA  # the abort waits behind the body
+    assert conn.next_event() == StdinData(1, b"not read yet")
+    assert conn.next_event() == AbortRequest(1)
+
+
+def test_the_peer_closing_while_the_app_runs_is_an_event() -> None:
+    conn = _responding()
+    conn.receive_data(b"")
+    assert conn.next_event_during_response() == ConnectionClosed()
+
+
+def test_stdin_after_its_end_while_the_app_runs_is_a_protocol_error() -> None:
+    conn = _responding()
+    conn.receive_data(rec(FCGI_STDIN, 1, b"") + rec(FCGI_STDIN, 1, b"late"))
+    with pytest.raises(ProtocolError, match="after the end of the STDIN stream"):
+        conn.next_event_during_response()

@@ -72,37 +72,36 @@ def test_request_head_and_body_are_read_from_the_socket(pair) -> None:
     pairs = dict(params.pairs)
     assert (pairs["REQUEST_METHOD"], pairs["PATH_INFO"], pairs["QUERY_STRING"]) == ("POST", "/upload", "x=1")
     assert pairs["CONTENT_LENGTH"] == str(len(body))
-    assert not conn.input_finished
+    assert not conn.proto.input_complete
     assert read_body(conn) == body
-    assert conn.input_finished  # the empty STDIN record was read
+    assert conn.proto.input_complete  # the empty STDIN record was read
 
 
 def test_a_get_in_one_segment_is_known_complete_before_the_app_runs(pair) -> None:
-    """nginx sends a GET's head and its empty STDIN record in one segment:
-    prefetch_stdin_end notes the end from the buffer, so the connection can
-    later be closed without a lingering drain."""
+    """nginx sends a GET's head and its empty STDIN record in one segment: the
+    fast path takes the end from the buffer, so the connection can later be
+    closed without a lingering drain."""
     ours, peer = pair
     peer.sendall(request_bytes(1, "/hello"))
     conn = connection(ours)
     assert conn.read_request_head() is not None
-    conn.prefetch_stdin_end()
-    assert conn.input_finished
+    assert conn.proto.input_complete
     assert conn.read_stdin() == b""
+    assert conn.read_stdin() == b""  # and again: the end stays the end
 
 
-def test_prefetch_never_waits_for_a_stdin_end_still_to_come(pair) -> None:
+def test_the_head_never_waits_for_a_stdin_end_still_to_come(pair) -> None:
     ours, peer = pair
     data = request_bytes(1, "/hello")
     end = p.encode_end_of_stream(p.FCGI_STDIN, 1)
     assert data.endswith(end)
     peer.sendall(data[: -len(end)])  # the head only
     conn = connection(ours)
-    assert conn.read_request_head() is not None
-    conn.prefetch_stdin_end()  # returns with nothing buffered: it did not block on the socket
-    assert not conn.input_finished
+    assert conn.read_request_head() is not None  # returns: it did not block on the socket
+    assert not conn.proto.input_complete
     peer.sendall(end)
     assert conn.read_stdin() == b""
-    assert conn.input_finished
+    assert conn.proto.input_complete
 
 
 def test_a_peer_closing_mid_body_is_a_client_disconnect(pair) -> None:
@@ -236,3 +235,168 @@ def test_a_peer_closing_mid_body_costs_only_its_connection(worker: Worker, pair)
         worker._serve(accepted(worker, again))
         assert stdout_of(read_events(again_peer, is_end)).endswith(b"/echo 2")
     assert worker.requests == 2
+
+
+# --- what the web server sends while the app runs ------------------------------------
+
+
+def test_a_body_cut_short_is_answered_400_and_the_kept_connection_serves_on(worker: Worker, pair) -> None:
+    """STDIN ends (its empty record) before CONTENT_LENGTH bytes: wsgi.input raises,
+    the app lets it through, and the web server, still there, gets a 400 and
+    END_REQUEST instead of a cut connection (which nginx reports as a 502)."""
+    ours, peer = pair
+    short = (p.encode_begin_request(1, keep_conn=True)
+             + p.encode_params(1, [(b"REQUEST_METHOD", b"POST"), (b"PATH_INFO", b"/short"),
+                                   (b"CONTENT_LENGTH", b"100")])
+             + p.encode_record(p.FCGI_STDIN, 1, b"only ten b") + p.encode_record(p.FCGI_STDIN, 1))
+    peer.sendall(short + request_bytes(2, "/next", keep_conn=True, body=b"fine"))
+    conn = accepted(worker, ours)
+    worker._serve(conn)
+    ends: List[Any] = []
+    events = read_events(peer, lambda e: is_end(e) and (ends.append(e) or len(ends) == 2))
+    assert ends == [p.EndRequest(1, 0, p.FCGI_REQUEST_COMPLETE), p.EndRequest(2, 0, p.FCGI_REQUEST_COMPLETE)]
+    first = b"".join(e.data for e in events if isinstance(e, p.Stdout) and e.request_id == 1)
+    assert first.startswith(b"Status: 400 Bad Request\r\n")
+    assert stdout_of(events).endswith(b"/next 4")
+    assert list(worker.idle) == [conn.fd]  # still kept
+
+
+class Peer:
+    """The web server's end, reading the records the worker sends as they come."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.client = p.ClientConnection()
+
+    def next(self) -> Any:
+        while True:
+            event = self.client.next_event()
+            if event is not p.NEED_DATA:
+                return event
+            self.client.receive_data(self.sock.recv(65536))
+
+    def until(self, wanted: Callable[[Any], bool]) -> List[Any]:
+        events = []
+        for _ in range(10_000):
+            event = self.next()
+            events.append(event)
+            if wanted(event) or isinstance(event, p.ConnectionClosed):
+                return events
+        raise AssertionError("the wanted record did not come")
+
+
+class StreamingApp:
+    """Streams b"one", then b"two" once the test has sent its record, then b"three".
+    ``closed`` is set when the server closes the iterable; ``chunks`` says how far it got."""
+
+    def __init__(self) -> None:
+        self.sent = threading.Event()
+        self.closed = threading.Event()
+        self.chunks: List[bytes] = []
+
+    def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return self._body()
+
+    def _body(self) -> Iterator[bytes]:
+        try:
+            for chunk in (b"one", b"two", b"three"):
+                self.chunks.append(chunk)
+                yield chunk
+                if chunk == b"one":
+                    assert self.sent.wait(10)
+        finally:
+            self.closed.set()
+
+
+@pytest.fixture
+def streaming(monkeypatch) -> Iterator[Tuple[StreamingApp, Worker]]:
+    """A worker serving a StreamingApp, told to look at the socket after every chunk
+    (CHECK_PEER_INTERVAL 0): what it notices is then tied to a chunk, not to a clock."""
+    import wsgi_fcgi.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "CHECK_PEER_INTERVAL", 0.0)
+    streamer = StreamingApp()
+    w = Worker(streamer, [], read_timeout=10)
+    w._epoll = select.epoll()
+    yield streamer, w
+    for conn in list(w.idle.values()):
+        conn.close()
+    w._epoll.close()
+
+
+def serve_in_thread(worker: Worker, conn: Connection) -> threading.Thread:
+    thread = threading.Thread(target=worker._serve, args=(conn,), daemon=True)
+    thread.start()
+    return thread
+
+
+def stdout_text(event: Any) -> bytes:
+    return event.data if isinstance(event, p.Stdout) else b""
+
+
+def test_a_second_begin_request_during_a_streamed_response_is_refused_at_once(streaming, pair) -> None:
+    streamer, worker = streaming
+    ours, peer = pair
+    peer.sendall(request_bytes(1, "/stream", keep_conn=True))
+    web = Peer(peer)
+    thread = serve_in_thread(worker, accepted(worker, ours))
+    web.until(lambda e: b"one" in stdout_text(e))
+    peer.sendall(request_bytes(2, "/second"))  # a web server that multiplexes
+    streamer.sent.set()
+    events = web.until(lambda e: e == p.EndRequest(1, 0, p.FCGI_REQUEST_COMPLETE))
+    refusal = events.index(p.EndRequest(2, 0, p.FCGI_CANT_MPX_CONN))
+    three = next(i for i, e in enumerate(events) if b"three" in stdout_text(e))
+    assert refusal < three  # answered while the app was still streaming
+    thread.join(10)
+    assert not thread.is_alive() and worker.requests == 1
+
+
+def test_get_values_during_a_streamed_response_is_answered_at_once(streaming, pair) -> None:
+    streamer, worker = streaming
+    ours, peer = pair
+    peer.sendall(request_bytes(1, "/stream"))
+    web = Peer(peer)
+    thread = serve_in_thread(worker, accepted(worker, ours))
+    web.until(lambda e: b"one" in stdout_text(e))
+    peer.sendall(p.encode_record(p.FCGI_GET_VALUES, 0, p.encode_pairs([(b"FCGI_MPXS_CONNS", b"")])))
+    streamer.sent.set()
+    events = web.until(is_end)
+    answer = events.index(p.GetValuesResult({"FCGI_MPXS_CONNS": "0"}))
+    three = next(i for i, e in enumerate(events) if b"three" in stdout_text(e))
+    assert answer < three
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_an_abort_during_a_streamed_response_closes_the_iterable_and_keeps_the_connection(streaming, pair) -> None:
+    streamer, worker = streaming
+    ours, peer = pair
+    peer.sendall(request_bytes(1, "/stream", keep_conn=True))
+    web = Peer(peer)
+    conn = accepted(worker, ours)
+    thread = serve_in_thread(worker, conn)
+    web.until(lambda e: b"one" in stdout_text(e))
+    peer.sendall(p.encode_record(p.FCGI_ABORT_REQUEST, 1))
+    streamer.sent.set()
+    events = web.until(is_end)
+    assert events[-1] == p.EndRequest(1, 0, p.FCGI_REQUEST_COMPLETE)
+    assert streamer.closed.is_set() and streamer.chunks == [b"one", b"two"]  # closed at the next chunk
+    assert not any(b"three" in stdout_text(e) for e in events)
+    thread.join(10)
+    assert not thread.is_alive() and list(worker.idle) == [conn.fd]  # the connection is kept
+
+
+def test_the_web_server_closing_during_a_streamed_response_stops_the_app(streaming, pair) -> None:
+    streamer, worker = streaming
+    ours, peer = pair
+    peer.sendall(request_bytes(1, "/stream"))
+    web = Peer(peer)
+    thread = serve_in_thread(worker, accepted(worker, ours))
+    web.until(lambda e: b"one" in stdout_text(e))
+    peer.shutdown(socket.SHUT_WR)  # nginx gives up on the upstream when its client has gone
+    streamer.sent.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert streamer.closed.is_set() and streamer.chunks == [b"one", b"two"]
+    assert not worker.idle

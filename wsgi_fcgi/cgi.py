@@ -47,8 +47,6 @@ What a CGI script must get right, and how:
 from __future__ import annotations
 
 import os
-import socket
-import stat
 import sys
 import tempfile
 from typing import IO, Any
@@ -56,11 +54,12 @@ from collections.abc import Callable, Mapping
 
 from . import protocol as p
 from .config import Config
-from .environ import build_environ
+from .environ import usable_content_length
 from .handler import ERROR_500, SPOOL_THRESHOLD, ClientDisconnected, RequestHandler, WSGIApp
 from .errors import StartupError
 from .loader import load_app_at_startup
 from .privileges import identity_for, switch_to
+from .sockets import fd0_is_listening
 
 __all__ = ["CGIChannel", "ModeError", "choose_mode", "detect_mode", "environ_pairs", "is_cgi_environment",
            "serve_cgi", "serve_request"]
@@ -85,22 +84,6 @@ def is_cgi_environment(environ: Mapping[str, str]) -> bool:
     """Whether a web server started us as a CGI script (RFC 3875 requires both
     variables; either one is taken as the sign)."""
     return "REQUEST_METHOD" in environ or environ.get("GATEWAY_INTERFACE", "").startswith("CGI/")
-
-
-def fd0_is_listening_socket() -> bool:
-    """Whether fd 0 is a listening socket (FastCGI), looked at without adopting it."""
-    try:
-        if not stat.S_ISSOCK(os.fstat(0).st_mode):
-            return False
-    except OSError:
-        return False
-    probe = socket.socket(fileno=os.dup(0))
-    try:
-        return bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def choose_mode(mode: str, bind: Any, environ: Mapping[str, str], *,
@@ -131,7 +114,7 @@ def detect_mode(config: Config, *, from_script: bool = False) -> str:
     default address", as the command line documents."""
     probe = config.mode == "auto" and not config.bind
     return choose_mode(config.mode, config.bind, os.environ,
-                       fd0_listening=probe and fd0_is_listening_socket(),
+                       fd0_listening=probe and fd0_is_listening(),
                        on_terminal=probe and from_script and os.isatty(0))
 
 
@@ -158,6 +141,8 @@ class CGIChannel:
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
         self._unread = body_length  # body bytes still on stdin; None: up to EOF
+        self._body_length = body_length
+        self._missing = 0  # bytes of CONTENT_LENGTH that never came: stdin ended short
         self._keep_unread = not limit or (body_length is not None and body_length <= limit)
         self._spool: IO[bytes] | None = None
         self._records = p.RecordReader()
@@ -170,7 +155,13 @@ class CGIChannel:
     def read_stdin(self) -> bytes:
         if self._spool is not None:
             return self._spool.read(READ_SIZE)
-        return self._read_body()
+        data = self._read_body()
+        if not data and self._missing and self._body_length is not None:
+            # Unlike FastCGI's empty STDIN record, the end of stdin short of the body
+            # is the web server giving up on a client that went away: nobody to answer.
+            raise ClientDisconnected(f"request body ended after {self._body_length - self._missing} of "
+                                     f"{self._body_length} bytes: the web server closed stdin")
+        return data
 
     def read_data(self) -> bytes:
         return b""  # no FILTER role under CGI
@@ -184,7 +175,8 @@ class CGIChannel:
         except OSError as exc:
             raise ClientDisconnected(f"reading the request body failed: {exc.strerror or exc}") from None
         if not data:
-            self._unread = 0  # ended short of CONTENT_LENGTH: the handler's InputStream says so
+            self._missing = self._unread or 0
+            self._unread = 0
         elif self._unread is not None:
             self._unread -= len(data)
         return data
@@ -242,12 +234,13 @@ class CGIChannel:
 
 
 def _channel(pairs: list[tuple[str, str]], stdin_fd: int, stdout_fd: int, limit: int = 0) -> CGIChannel:
-    """The channel for a request, reading the body that build_environ says there is."""
-    environ = build_environ(pairs)
-    length = environ.get("CONTENT_LENGTH")  # present only when it is a usable number
-    if isinstance(length, str):
-        return CGIChannel(stdin_fd, stdout_fd, int(length), limit)
-    return CGIChannel(stdin_fd, stdout_fd, None if environ.get("HTTP_TRANSFER_ENCODING") else 0, limit)
+    """The channel for a request, reading the body that the environ will say there
+    is (the handler builds the environ itself, from the same pairs)."""
+    variables = dict(pairs)  # the last pair wins, as in build_environ
+    length = usable_content_length(variables.get("CONTENT_LENGTH"))
+    if length is not None:
+        return CGIChannel(stdin_fd, stdout_fd, length, limit)
+    return CGIChannel(stdin_fd, stdout_fd, None if variables.get("HTTP_TRANSFER_ENCODING") else 0, limit)
 
 
 def _run_once(app: WSGIApp) -> WSGIApp:

@@ -1,9 +1,12 @@
 """Every setting, declared once.
 
 Strategy: ``SETTINGS`` is the one table -- name, command-line flag, parser,
-default, help. The command line (``cli.py``), ``serve(app, **options)`` and the
-docs are all generated from it, so a setting cannot exist in one place and be
-missing in another. Parsers turn a string (from the command line or a config
+default, help. The command line (``cli.py``: its options, ``--help`` and its
+groups), the config file's names, ``serve(app, **options)`` and
+``--check-config``'s output are all generated from it, so a setting cannot
+exist in one place and be missing in another. The README's flag table is
+written by hand, a summary of the most used; ``tests/test_config.py`` checks
+that every flag it names is in the table. Parsers turn a string (from the command line or a config
 file) or a Python value (from ``serve``) into the checked value, and raise
 ``ConfigError`` with a message that names the setting.
 """
@@ -162,10 +165,11 @@ _group = _account("group", _lookup_group)
 
 
 class Setting(NamedTuple):
-    """One setting. A NamedTuple rather than a dataclass, here and in sockets.py,
-    privileges.py and manager.py: dataclasses imports inspect, ast, dis and
-    tokenize, about 0.7 MiB in every worker of an app that does not import them
-    itself, once protocol.py does without it too (bench/rss.py)."""
+    """One setting. A NamedTuple rather than a dataclass, as everywhere a worker
+    runs (protocol.py, sockets.py, privileges.py, manager.py): dataclasses imports
+    inspect, ast, dis and tokenize, about 0.7 MiB in every worker of an app that
+    does not import them itself (bench/rss.py). Only client.py, which no worker
+    imports, uses dataclasses."""
 
     name: str
     flags: Sequence[str]

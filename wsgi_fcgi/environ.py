@@ -5,8 +5,8 @@ Strategy: the web server already did the HTTP parsing, so this module only
 wire order; ``build_environ`` turns them into a fresh dict in one pass
 (``dict(pairs)`` when no name repeats, which is the common case, a merging
 loop otherwise), then applies a fixed list of repairs, each one justified by
-something a real server was seen to send (``../shared/reference/servers.md``
-section 7, mirrored in the numbered comments below):
+something a real server was seen to send. ``docs/environ.md`` states the rules,
+numbered as the comments below are:
 
 * duplicates: ``HTTP_*`` pairs are joined, anything else: the last pair wins;
 * security: ``HTTP_PROXY`` (httpoxy) is dropped, nothing is ever written to
@@ -30,10 +30,9 @@ from __future__ import annotations
 
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["build_environ"]
+from .protocol import ROLE_NAMES
 
-# FastCGI role numbers -> the names lighttpd and mod_authnz_fcgi put in FCGI_ROLE.
-_ROLE_NAMES = {1: "RESPONDER", 2: "AUTHORIZER", 3: "FILTER"}
+__all__ = ["build_environ", "usable_content_length"]
 
 # The constant part of every environ; copied into each one with dict.update().
 _WSGI_TEMPLATE: dict[str, object] = {
@@ -60,6 +59,14 @@ _TRUE_HTTPS = frozenset(("on", "1", "yes", "true"))
 # garbage: int() of a huge digit string is slow, or raises under the
 # int-to-str digit limit of Python 3.11+ (CVE-2020-10735).
 _MAX_CONTENT_LENGTH_DIGITS = 18
+
+
+def usable_content_length(value: str | None) -> int | None:
+    """CONTENT_LENGTH as a number, or None when it is absent or not one (the
+    environ then has no CONTENT_LENGTH)."""
+    if value is not None and value.isdigit() and value.isascii() and len(value) <= _MAX_CONTENT_LENGTH_DIGITS:
+        return int(value)
+    return None
 
 
 def build_environ(
@@ -99,7 +106,7 @@ def build_environ(
     # 4. Body variables.
     content_length = env.get("CONTENT_LENGTH")
     if content_length is not None:
-        if content_length.isdigit() and content_length.isascii() and len(content_length) <= _MAX_CONTENT_LENGTH_DIGITS:
+        if usable_content_length(content_length) is not None:
             # STDIN is never chunked; the header would make Werkzeug ignore the length.
             env.pop("HTTP_TRANSFER_ENCODING", None)
         else:
@@ -130,7 +137,7 @@ def build_environ(
     if "QUERY_STRING" not in env:
         env["QUERY_STRING"] = ""
     if "FCGI_ROLE" not in env:
-        env["FCGI_ROLE"] = _ROLE_NAMES.get(role) or str(role)
+        env["FCGI_ROLE"] = ROLE_NAMES.get(role) or str(role)
 
     environ: dict[str, object] = env  # type: ignore[assignment]  # from here on not all values are str
     environ.update(_WSGI_TEMPLATE)
@@ -161,7 +168,7 @@ def _merge_duplicates(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def _split_path(env: dict[str, str], mount: str | None) -> tuple[str, str]:
-    """Return (SCRIPT_NAME, PATH_INFO) for the request (servers.md 7.5).
+    """Return (SCRIPT_NAME, PATH_INFO) for the request (docs/environ.md, rule 5).
 
     The server's own values are preferred: they are percent-decoded *and*
     normalised (merged slashes, resolved dot segments), which the raw

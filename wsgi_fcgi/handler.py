@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from . import protocol as p
 from .environ import build_environ
-from .logs import AccessLog
+from .logs import AccessLog, describe_request, request_line
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
@@ -53,6 +53,8 @@ _BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 _HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "te", "trailer",
                          "transfer-encoding", "upgrade"))
 
+ERROR_400 = (b"Status: 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             b"Content-Length: 11\r\n\r\nBad Request")
 ERROR_413 = (b"Status: 413 Request Entity Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
              b"Content-Length: 24\r\n\r\nRequest Entity Too Large")
 ERROR_500 = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -72,7 +74,8 @@ class RequestAborted(ClientDisconnected):
 
 
 class RequestBodyTruncated(ClientDisconnected):
-    """STDIN ended before CONTENT_LENGTH bytes arrived (the client went away)."""
+    """STDIN ended before CONTENT_LENGTH bytes arrived (the client went away, but
+    the web server is still there: the request is answered 400 and ended)."""
 
 
 class RequestBodyTooLarge(Exception):
@@ -100,7 +103,10 @@ class Channel(Protocol):
 
     # Optional: a channel on a socket may also offer
     # send_file(fd, offset, count) -> None: exactly ``count`` bytes of the file at
-    # ``offset`` straight to the peer (os.sendfile), for wsgi.file_wrapper.
+    # ``offset`` straight to the peer (os.sendfile), for wsgi.file_wrapper; and
+    # check_peer() -> None, called between the chunks of a streamed response: it
+    # raises RequestAborted or ClientDisconnected when the web server has aborted
+    # the request or gone, so the app's iterable is closed at that chunk.
 
 
 # --- wsgi.input ------------------------------------------------------------------
@@ -124,22 +130,14 @@ class InputStream:
         self._read_chunk = read_chunk
         self._chunks: deque[Any] = deque()
         self._buffered = 0
-        self._eof = False
         self._received = 0
         self._expected = expected
 
-    @property
-    def finished(self) -> bool:
-        """True once the end of the stream has been seen."""
-        return self._eof
-
     def _fill(self) -> bool:
-        """Read one more chunk into the queue; False at the end of the stream."""
-        if self._eof:
-            return False
+        """Read one more chunk into the queue; False at the end of the stream (the
+        channel says so each time it is asked again)."""
         chunk = self._read_chunk()
         if not chunk:
-            self._eof = True
             if self._expected is not None and self._received < self._expected:
                 raise RequestBodyTruncated(
                     f"request body ended after {self._received} of {self._expected} bytes")
@@ -319,12 +317,16 @@ class RequestHandler:
         # it is the worker's own quick stop (INT/QUIT) and must go through.
         self._app_failures: tuple[type[BaseException], ...] = (Exception, SystemExit) if multithread else (Exception,)
 
-    def handle(self, channel: Channel, request_id: int, role: int, pairs: list[tuple[str, str]]) -> bool:
+    def handle(self, channel: Channel, request_id: int, role: int, pairs: list[tuple[str, str]],
+               on_start: Callable[[str, str], None] | None = None) -> bool:
         """Run one request to completion. False when the connection can no
-        longer be used (peer gone, or cut after an app error)."""
+        longer be used (peer gone, or cut after an app error). ``on_start`` is
+        told the request's method and URI before the app runs (the scoreboard)."""
         started = time.monotonic() if self.access_log is not None else 0.0
         environ = build_environ(pairs, script_name=self.script_name, role=role,
                                 multiprocess=self.multiprocess, multithread=self.multithread)
+        if on_start is not None:
+            on_start(*request_line(environ))
         response = Response(channel, request_id, role, environ.get("REQUEST_METHOD") == "HEAD")
         try:
             return self._run(channel, role, environ, response)
@@ -342,7 +344,7 @@ class RequestHandler:
         except ClientDisconnected as exc:
             return self._client_gone(response, environ, exc)
         except RequestBodyTooLarge as exc:
-            error_log.warning("refused %s: %s (--limit-request-body)", _describe(environ), exc)
+            error_log.warning("refused %s: %s (--limit-request-body)", describe_request(environ), exc)
             return response.send_simple(ERROR_413)
         environ["wsgi.errors"] = self.errors or ErrorStream()
         environ["wsgi.file_wrapper"] = FileWrapper
@@ -358,8 +360,7 @@ class RequestHandler:
         Whatever the app leaves unread needs no draining: once END_REQUEST is
         sent the request id is inactive and the protocol layer skips its records.
         """
-        if role == p.FCGI_AUTHORIZER:
-            # No body: mod_authnz_fcgi sends no STDIN record at all, not even the empty one.
+        if role in p.ROLES_WITHOUT_STDIN:  # no body, whatever CONTENT_LENGTH says
             environ["wsgi.input"] = io.BytesIO()
             return
         if role == p.FCGI_FILTER:
@@ -395,10 +396,7 @@ class RequestHandler:
             elif type(result) is FileWrapper and response.send_file(result.filelike):
                 pass
             else:
-                for chunk in result:
-                    if chunk:
-                        response.write(chunk)
-                        response.flush()
+                self._stream(result, response)
             response.finish()
         except ClientDisconnected:
             raise
@@ -410,11 +408,23 @@ class RequestHandler:
                 try:
                     close()
                 except self._app_failures:
-                    error_log.exception("error in close() of the response of %s", _describe(environ))
+                    error_log.exception("error in close() of the response of %s", describe_request(environ))
+
+    @staticmethod
+    def _stream(result: Iterable[bytes], response: Response) -> None:
+        """An iterable response, each chunk sent as it comes (a generator may be a
+        long download or server-sent events): between chunks, the channel checks
+        whether the web server aborted the request or went away."""
+        check_peer = getattr(response.channel, "check_peer", _nothing)
+        for chunk in result:
+            if chunk:
+                response.write(chunk)
+                response.flush()
+                check_peer()
 
     def _app_error(self, environ: dict[str, Any], response: Response, exc_info: Any) -> None:
         text = "".join(traceback.format_exception(*exc_info))
-        error_log.error("error handling %s\n%s", _describe(environ), text.rstrip())
+        error_log.error("error handling %s\n%s", describe_request(environ), text.rstrip())
         if response.headers_sent:
             response.cut_connection()
             return
@@ -422,7 +432,11 @@ class RequestHandler:
 
     @staticmethod
     def _client_gone(response: Response, environ: dict[str, Any], exc: ClientDisconnected) -> bool:
-        error_log.info("client went away during %s: %s", _describe(environ), exc)
+        error_log.info("client went away during %s: %s", describe_request(environ), exc)
+        if isinstance(exc, RequestBodyTruncated):
+            # The web server is still there and has ended STDIN: a proper answer
+            # and END_REQUEST keep its connection usable (no 502 from nginx).
+            return response.send_end_only() if response.headers_sent else response.send_simple(ERROR_400)
         if isinstance(exc, RequestAborted):
             # FCGI_ABORT_REQUEST: the connection stays; answer with END_REQUEST.
             return response.send_end_only()
@@ -522,10 +536,11 @@ class Response:
         count = 0 if self.discard_body else max(0, info.st_size - offset)
         if self.remaining is not None:
             count = min(count, self.remaining)
-        rid = self.request_id
+        check_peer = getattr(self.channel, "check_peer", _nothing)
         while count:
             length = min(count, FILE_RECORD_SIZE)
-            self.pending.append(p.HEADER.pack(p.FCGI_VERSION_1, p.FCGI_STDOUT, rid, length, -length & 7))
+            header, padding = p.frame(p.FCGI_STDOUT, self.request_id, length)
+            self.pending.append(header)
             self.flush()
             send_file(fd, offset, length)
             offset += length
@@ -533,8 +548,9 @@ class Response:
             self.sent += length
             if self.remaining is not None:
                 self.remaining -= length
-            if -length & 7:
-                self.pending.append(p.PADDING[:-length & 7])
+            if padding:
+                self.pending.append(padding)
+            check_peer()
         if self.remaining is not None and self.remaining <= 0 and not self.ended:
             self._queue_end()
         return True
@@ -613,8 +629,13 @@ class Response:
         return self.send_simple(head.encode("latin-1") + body)
 
     def send_end_only(self) -> bool:
-        """END_REQUEST after FCGI_ABORT_REQUEST; False if that send failed."""
+        """The end of STDOUT and END_REQUEST, after FCGI_ABORT_REQUEST or a body cut
+        short (whatever was pending is dropped); False if that send failed."""
         try:
+            if self.ended:  # the app's Content-Length was reached: the end is out, or pending
+                self.flush()
+                return True
+            self.pending = []
             self.channel.send([p.encode_end_of_stream(p.FCGI_STDOUT, self.request_id), self.channel.end_request(0)])
         except ClientDisconnected:
             return False
@@ -624,6 +645,10 @@ class Response:
         """End the connection without END_REQUEST: the web server sees a cut response."""
         self.pending = []
         self.cut = True
+
+
+def _nothing() -> None:
+    """check_peer for a channel that has none."""
 
 
 def _checked_status(status: Any) -> str:
@@ -674,10 +699,6 @@ def _check_name(name: Any) -> None:
 
 def _int_or_none(value: Any) -> int | None:
     return int(value) if isinstance(value, str) and value.isdigit() else None
-
-
-def _describe(environ: dict[str, Any]) -> str:
-    return f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI') or environ.get('PATH_INFO', '')}"
 
 
 __all__ = ["RequestHandler", "InputStream", "FileWrapper", "ClientDisconnected", "RequestAborted",

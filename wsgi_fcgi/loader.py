@@ -87,7 +87,7 @@ def _parse_expression(expression: str, module_name: str) -> tuple[str, Any, dict
     """``name`` -> (name, None, {}); ``factory(1, x='y')`` -> (factory, [1], {'x': 'y'})."""
     if all(part.isidentifier() and not keyword.iskeyword(part) for part in expression.split(".")):
         # The usual spec: no need for ast, which the workers would otherwise carry for this
-        # alone once protocol.py does without dataclasses (0.5 MiB per worker, bench/rss.py).
+        # alone (0.5 MiB per worker, bench/rss.py).
         return expression, None, {}
     import ast
 

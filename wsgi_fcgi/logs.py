@@ -137,6 +137,16 @@ class AccessLog:
         return atoms
 
 
+def request_line(environ: dict[str, Any]) -> tuple[str, str]:
+    """(method, URI) of a request, for every log line and the scoreboard: the one
+    place that says which request this is."""
+    return environ.get("REQUEST_METHOD") or "?", environ.get("REQUEST_URI") or _rebuild_uri(environ) or "?"
+
+
+def describe_request(environ: dict[str, Any]) -> str:
+    return "%s %s" % request_line(environ)
+
+
 def _rebuild_uri(environ: dict[str, Any]) -> str:
     query = environ.get("QUERY_STRING")
     path = f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"

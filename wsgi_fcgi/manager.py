@@ -1,23 +1,26 @@
-# The prefork master ("arbiter", as gunicorn calls it).
-#
-# Strategy: the listening sockets are opened once, before any fork, and the
-# workers accept on them directly (no request ever passes through the
-# master). The master only supervises, in one loop:
-#
-#     handle queued signals -> reap children -> check workers (booted? hung?
-#     overdue?) -> finish a reload -> size the pool -> sleep (<= 1 s)
-#
-# Signal handlers only append to a queue; ``signal.set_wakeup_fd`` writes a
-# byte to a pipe the sleep waits on. That matters: since PEP 475 a signal no
-# longer interrupts select(), which is exactly why flup's master never reaps
-# or stops. What each worker is doing comes from the shared-memory scoreboard
-# (scoreboard.py): whether it has booted, is idle (and since when) or busy
-# (with which request, since when). That is what the request timeout, the
-# dynamic and ondemand pools and the zero-downtime reload are decided on.
-#
-# Stopping is not a second loop: a stop signals every worker, gives each a
-# deadline after which it gets SIGKILL, and the same loop runs until the last
-# one is reaped.
+"""The prefork master ("arbiter", as gunicorn calls it).
+
+Strategy: the listening sockets are opened once, before any fork, and the
+workers accept on them directly (no request ever passes through the
+master). The master only supervises, in one loop (``Arbiter.run``):
+
+    observe the workers (booted? busy since when?) -> update the pool figures
+    -> handle queued signals -> reap children -> kill the overdue (hung past
+    --timeout, or past a stop's deadline) -> finish a reload -> size the pool
+    -> sleep (<= 1 s)
+
+Signal handlers only append to a queue; ``signal.set_wakeup_fd`` writes a
+byte to a pipe the sleep waits on. That matters: since PEP 475 a signal no
+longer interrupts select(), which is exactly why flup's master never reaps
+or stops. What each worker is doing comes from the shared-memory scoreboard
+(scoreboard.py): whether it has booted, is idle (and since when) or busy
+(with which request, since when). That is what the request timeout, the
+dynamic and ondemand pools and the zero-downtime reload are decided on.
+
+Stopping is not a second loop: a stop signals every worker, gives each a
+deadline after which it gets SIGKILL, and the same loop runs until the last
+one is reaped.
+"""
 
 from __future__ import annotations
 

@@ -6,8 +6,12 @@ comes only from records (never from CONTENT_LENGTH), so whatever a peer sends,
 the request boundaries are those the records draw.
 
 ``ServerConnection`` is the application side of one transport connection. It
-owns the per-connection state the spec defines (which request id is active,
-which of its streams are still open) and answers the management records the
+owns the per-connection state the spec defines: which request id is active
+and where that request is in its ``RequestState`` (which input stream is
+open, whether all input has arrived), with the transitions the spec allows
+kept as data (``_NEXT_STATE``), as h11 keeps its state machine. The worker
+and the handler ask it (``input_complete``, ``stream_open``) instead of
+keeping flags of their own. It answers the management records the
 spec says a library should answer by itself -- FCGI_GET_VALUES,
 FCGI_UNKNOWN_TYPE, a second request on a busy connection (FCGI_CANT_MPX_CONN)
 and an unsupported role (FCGI_UNKNOWN_ROLE). Those answers are queued and
@@ -21,9 +25,9 @@ caller ends that connection and nothing else.
 
 from __future__ import annotations
 
+import enum
 import functools
 import struct
-from dataclasses import dataclass, field
 from collections import deque
 from typing import Any, NamedTuple
 from collections.abc import Iterable, Sequence
@@ -90,8 +94,7 @@ class IncompleteRecord(ProtocolError):
     went away rather than one that speaks the protocol wrongly."""
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """Caps checked against declared lengths before anything is allocated."""
 
     max_params_bytes: int = 256 * 1024
@@ -102,6 +105,18 @@ class Limits:
 
 # --- events ----------------------------------------------------------------
 
+# The events are NamedTuples, made as cheaply as a tuple, and equal only to events of
+# their own type (StdinEnd(1) is not DataEnd(1)), as dataclasses would be -- without
+# importing dataclasses, which brings inspect, ast and dis: about 0.7 MiB in every
+# worker (bench/rss.py).
+def _same_event(self: object, other: object) -> bool:
+    return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore[operator]
+
+
+def _other_event(self: object, other: object) -> bool:
+    return not _same_event(self, other)
+
+
 class Record(NamedTuple):
     """One raw record: what the framing layer yields (a tuple: cheap to make)."""
 
@@ -110,15 +125,13 @@ class Record(NamedTuple):
     content: Any  # bytes-like, usually a memoryview of the received data
 
 
-@dataclass
-class BeginRequest:
+class BeginRequest(NamedTuple):
     request_id: int
     role: int
     keep_conn: bool
 
 
-@dataclass
-class Params:
+class Params(NamedTuple):
     """The complete PARAMS stream of a request, decoded as latin-1, wire order kept."""
 
     request_id: int
@@ -133,68 +146,65 @@ class RequestHead(NamedTuple):
     stdin_done: bool  # the empty STDIN record came too (a request without a body)
 
 
-@dataclass
-class StdinData:
+class StdinData(NamedTuple):
     request_id: int
     data: bytes
 
 
-@dataclass
-class StdinEnd:
+class StdinEnd(NamedTuple):
     request_id: int
 
 
-@dataclass
-class DataData:
+class DataData(NamedTuple):
     """A chunk of the FILTER role's FCGI_DATA stream."""
 
     request_id: int
     data: bytes
 
 
-@dataclass
-class DataEnd:
+class DataEnd(NamedTuple):
     request_id: int
 
 
-@dataclass
-class AbortRequest:
+class AbortRequest(NamedTuple):
     request_id: int
 
 
-@dataclass
-class ConnectionClosed:
+class ConnectionClosed(NamedTuple):
     """The peer closed its side. Between requests this is normal."""
 
 
 # events for the client side
-@dataclass
-class Stdout:
+
+
+class Stdout(NamedTuple):
     request_id: int
     data: bytes  # b"" marks the end of the stream
 
 
-@dataclass
-class Stderr:
+class Stderr(NamedTuple):
     request_id: int
     data: bytes  # b"" marks the end of the stream
 
 
-@dataclass
-class EndRequest:
+class EndRequest(NamedTuple):
     request_id: int
     app_status: int
     protocol_status: int
 
 
-@dataclass
-class GetValuesResult:
+class GetValuesResult(NamedTuple):
     values: dict[str, str]
 
 
-@dataclass
-class UnknownType:
+class UnknownType(NamedTuple):
     type: int
+
+
+for _event in (BeginRequest, Params, StdinData, StdinEnd, DataData, DataEnd, AbortRequest, ConnectionClosed,
+               Stdout, Stderr, EndRequest, GetValuesResult, UnknownType):
+    _event.__eq__ = _same_event  # type: ignore[method-assign]
+    _event.__ne__ = _other_event  # type: ignore[method-assign]
 
 
 ServerEvent = BeginRequest | Params | StdinData | StdinEnd | DataData | DataEnd | AbortRequest | ConnectionClosed
@@ -219,6 +229,15 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
         raise ValueError("record content longer than 65535 bytes")
     padding = -length & 7
     return HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding) + content + PADDING[:padding]
+
+
+def frame(record_type: int, request_id: int, length: int) -> tuple[bytes, bytes]:
+    """The header and the padding of a record of ``length`` content bytes, for
+    content that is sent by other means (os.sendfile)."""
+    if length > MAX_CONTENT_LENGTH:
+        raise ValueError("record content longer than 65535 bytes")
+    padding = -length & 7
+    return HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding), PADDING[:padding]
 
 
 def encode_stream(record_type: int, request_id: int, data: bytes) -> list[bytes]:
@@ -389,6 +408,28 @@ class RecordReader:
     def buffered(self) -> int:
         return len(self._buffer) - self._offset + self._queued
 
+    def window(self) -> tuple[Any, int]:
+        """The current chunk and the read offset in it: what the fast paths walk
+        (records that lie whole inside it), then hand back with ``advance``."""
+        return self._buffer, self._offset
+
+    def contiguous(self, size: int) -> tuple[Any, int]:
+        """The window, after making its next ``size`` bytes contiguous (joined from
+        queued chunks if need be); the caller has checked ``buffered >= size``."""
+        if len(self._buffer) - self._offset < size:
+            self._join(size)
+        return self._buffer, self._offset
+
+    def peek_header(self) -> tuple[int, int, int] | None:
+        """(type, request id, content length) of the next record, its header fully
+        received; None if not. Nothing is taken."""
+        if len(self._buffer) - self._offset < FCGI_HEADER_LEN:
+            if self.buffered < FCGI_HEADER_LEN:
+                return None
+            self._join(FCGI_HEADER_LEN)
+        _, record_type, request_id, length, _ = HEADER.unpack_from(self._buffer, self._offset)
+        return record_type, request_id, length
+
     def next_record(self) -> Record | None:
         """The next complete record, or None if more bytes are needed."""
         buf, start = self._buffer, self._offset
@@ -444,14 +485,69 @@ class RecordReader:
 
 # --- application side ----------------------------------------------------------
 
-@dataclass
+class RequestState(enum.Enum):
+    """Where the active request is in its input (spec 3.3 and 6): PARAMS come
+    first, then STDIN, then (FILTER role only) DATA, each ended by an empty
+    record; once every input stream has ended, all input has arrived. The
+    response may begin in any state: the app runs while its body streams in."""
+
+    PARAMS = "reading PARAMS"
+    STDIN = "reading STDIN"
+    DATA = "reading DATA"
+    INPUT_COMPLETE = "all input received"
+
+
+# The empty record that ends the stream being read moves the request on; which
+# state follows depends on the role (spec 6: only a FILTER has a DATA stream).
+_NEXT_STATE = {
+    (FCGI_RESPONDER, RequestState.PARAMS): RequestState.STDIN,
+    (FCGI_RESPONDER, RequestState.STDIN): RequestState.INPUT_COMPLETE,
+    (FCGI_AUTHORIZER, RequestState.PARAMS): RequestState.STDIN,
+    (FCGI_AUTHORIZER, RequestState.STDIN): RequestState.INPUT_COMPLETE,
+    (FCGI_FILTER, RequestState.PARAMS): RequestState.STDIN,
+    (FCGI_FILTER, RequestState.STDIN): RequestState.DATA,
+    (FCGI_FILTER, RequestState.DATA): RequestState.INPUT_COMPLETE,
+}
+# Roles whose STDIN a web server may leave out altogether: an AUTHORIZER has no
+# request body (spec 6.3), and mod_authnz_fcgi sends not even the empty STDIN
+# record. Nothing of it is waited for: wsgi.input is empty, and once the request
+# has ended the connection may close without waiting for a STDIN record.
+ROLES_WITHOUT_STDIN = frozenset((FCGI_AUTHORIZER,))
+_STREAM_STATE = {FCGI_PARAMS: RequestState.PARAMS, FCGI_STDIN: RequestState.STDIN, FCGI_DATA: RequestState.DATA}
+_STREAM_NAMES = {FCGI_PARAMS: "PARAMS", FCGI_STDIN: "STDIN", FCGI_DATA: "DATA"}
+_STATE_ORDER = list(RequestState)
+_STREAMS_TO_COME = {
+    RequestState.PARAMS: (FCGI_STDIN, FCGI_DATA),
+    RequestState.STDIN: (FCGI_STDIN, FCGI_DATA),
+    RequestState.DATA: (FCGI_DATA,),
+    RequestState.INPUT_COMPLETE: (),
+}
+
+
 class _ActiveRequest:
-    request_id: int
-    role: int
-    params: bytearray = field(default_factory=bytearray)
-    params_done: bool = False
-    stdin_done: bool = False
-    data_done: bool = False
+    __slots__ = ("request_id", "role", "state", "params")
+
+    def __init__(self, request_id: int, role: int, state: RequestState = RequestState.PARAMS) -> None:
+        self.request_id = request_id
+        self.role = role
+        self.state = state
+        self.params = bytearray()
+
+    def end_stream(self) -> None:
+        self.state = _NEXT_STATE[self.role, self.state]
+
+
+def _out_of_order(active: _ActiveRequest, record_type: int) -> ProtocolError:
+    """Why a PARAMS, STDIN or DATA record cannot come in the request's state."""
+    name = _STREAM_NAMES[record_type]
+    wanted = _STREAM_STATE[record_type]
+    if record_type != FCGI_PARAMS and active.state is RequestState.PARAMS:
+        return ProtocolError(f"{name} record before the end of the PARAMS stream")
+    if record_type == FCGI_DATA and active.role != FCGI_FILTER:
+        return ProtocolError("DATA record for a request that is not in the FILTER role")
+    if _STATE_ORDER.index(active.state) < _STATE_ORDER.index(wanted):
+        return ProtocolError("DATA record before the end of STDIN (inputs are sent one after the other)")
+    return ProtocolError(f"{name} record after the end of the {name} stream")
 
 
 @functools.lru_cache(maxsize=None)
@@ -477,7 +573,7 @@ class ServerConnection:
         self._active: _ActiveRequest | None = None
         self._outgoing: list[bytes] = []
         self.closed = False
-        # After END_REQUEST: has the whole body of that request arrived (its empty
+        # After END_REQUEST: has the whole input of that request arrived (its empty
         # STDIN record seen)? Then the connection can close without lingering.
         self.ended_input_complete = False
         self._ended_id = 0
@@ -489,6 +585,24 @@ class ServerConnection:
     @property
     def active_request_id(self) -> int | None:
         return self._active.request_id if self._active else None
+
+    @property
+    def state(self) -> RequestState | None:
+        """The active request's state; None between requests."""
+        return self._active.state if self._active else None
+
+    @property
+    def input_complete(self) -> bool:
+        """Whether every input stream of the active request has ended."""
+        return self._active is not None and self._active.state is RequestState.INPUT_COMPLETE
+
+    def stream_open(self, record_type: int) -> bool:
+        """Whether the active request may still receive records of this input stream
+        (FCGI_STDIN or FCGI_DATA): False once it has ended, or for a role without it."""
+        active = self._active
+        if active is None or (record_type == FCGI_DATA and active.role != FCGI_FILTER):
+            return False
+        return record_type in _STREAMS_TO_COME[active.state]
 
     @property
     def has_buffered_data(self) -> bool:
@@ -505,6 +619,35 @@ class ServerConnection:
                 return NEED_DATA
             event = self._handle(record)
             if event is not None:
+                return event
+
+    def next_event_during_response(self) -> ServerEvent | _NeedData:
+        """What ``next_event`` gives while the app runs, leaving the active
+        request's input in the buffer for the app to read (it may read its body
+        after it starts responding). Records before that input are handled: a
+        management record or another request's BEGIN_REQUEST is answered (queued
+        for ``data_to_send``: FCGI_CANT_MPX_CONN), FCGI_ABORT_REQUEST comes out as
+        an event, and so does the end of the connection. NEED_DATA when nothing
+        more can be taken now. An event for the end of the app's input stream is
+        not returned: the state says it, and wsgi.input then reads b""."""
+        reader = self._reader
+        while True:
+            header = reader.peek_header()
+            if header is None:
+                if reader.eof and not reader.buffered:
+                    self.closed = True
+                    return ConnectionClosed()
+                return NEED_DATA
+            record_type, request_id, length = header
+            active = self._active
+            if length and active is not None and request_id == active.request_id \
+                    and record_type in (FCGI_STDIN, FCGI_DATA) and self.stream_open(record_type):
+                return NEED_DATA  # the app's input: wsgi.input reads it (an empty record, its end, is taken)
+            record = reader.next_record()
+            if record is None:
+                return NEED_DATA
+            event = self._handle(record)
+            if event is not None and type(event) not in (StdinEnd, DataEnd):
                 return event
 
     def read_request_head(self) -> RequestHead | None:
@@ -525,7 +668,7 @@ class ServerConnection:
         if self._active is not None:
             return None
         reader = self._reader
-        buf, pos = reader._buffer, reader._offset
+        buf, pos = reader.window()
         end = len(buf)
         if end - pos < 16:
             return None
@@ -556,16 +699,18 @@ class ServerConnection:
             pairs = decode_pairs(b"".join(chunks), self.limits)
         except ProtocolError:
             return None  # next_event raises it, after the BeginRequest event, as always
-        active = self._active = _ActiveRequest(rid, role, params_done=True)
-        if end - pos >= FCGI_HEADER_LEN:  # the empty STDIN record of a request without a body
+        active = self._active = _ActiveRequest(rid, role, _NEXT_STATE[role, RequestState.PARAMS])
+        stdin_done = False
+        if end - pos >= FCGI_HEADER_LEN and active.state is RequestState.STDIN:
+            # the empty STDIN record of a request without a body
             version, rtype, record_id, length, padding = HEADER.unpack_from(buf, pos)
             if rtype == FCGI_STDIN and record_id == rid and not length and version == FCGI_VERSION_1 \
                     and pos + FCGI_HEADER_LEN + padding <= end:
                 pos += FCGI_HEADER_LEN + padding
-                active.stdin_done = True
+                active.end_stream()
+                stdin_done = True
         reader.advance(pos)
-        return RequestHead(BeginRequest(rid, role, bool(flags & FCGI_KEEP_CONN)), Params(rid, pairs),
-                           active.stdin_done)
+        return RequestHead(BeginRequest(rid, role, bool(flags & FCGI_KEEP_CONN)), Params(rid, pairs), stdin_done)
 
     def read_stdin_chunk(self) -> Any:
         """The fast path for the body: the content of the next record when it is
@@ -575,20 +720,19 @@ class ServerConnection:
         ``next_event`` then handles. Pinned to the general path by the same
         tests as ``read_request_head``."""
         reader = self._reader
-        buf, pos = reader._buffer, reader._offset
+        buf, pos = reader.window()
         if len(buf) - pos < FCGI_HEADER_LEN:
             return NEED_DATA if not reader.buffered and not reader.eof else None
         version, rtype, rid, length, padding = HEADER.unpack_from(buf, pos)
         active = self._active
         if rtype != FCGI_STDIN or not length or version != FCGI_VERSION_1 or active is None \
-                or rid != active.request_id or not active.params_done or active.stdin_done:
+                or rid != active.request_id or active.state is not RequestState.STDIN:
             return None
         size = FCGI_HEADER_LEN + length + padding
         if pos + size > len(buf):  # the record goes on in chunks received after this one
             if reader.buffered < size:
                 return NEED_DATA if not reader.eof else None
-            reader._join(size)
-            buf, pos = reader._buffer, 0
+            buf, pos = reader.contiguous(size)
         reader.advance(pos + size)
         return memoryview(buf)[pos + FCGI_HEADER_LEN:pos + FCGI_HEADER_LEN + length]
 
@@ -605,7 +749,8 @@ class ServerConnection:
                     protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
         """END_REQUEST for the active request; its id becomes inactive."""
         if self._active is not None and self._active.request_id == request_id:
-            self.ended_input_complete = self._active.stdin_done
+            self.ended_input_complete = self._active.state is RequestState.INPUT_COMPLETE \
+                or self._active.role in ROLES_WITHOUT_STDIN
             self._ended_id = request_id
             self._active = None
         return encode_end_request(request_id, app_status, protocol_status)
@@ -627,16 +772,12 @@ class ServerConnection:
             if rtype == FCGI_STDIN and rid == self._ended_id and not record.content:
                 self.ended_input_complete = True  # the rest of an answered request's body has arrived
             return None
-        if rtype not in _APPLICATION_TYPES:
-            raise ProtocolError(f"unknown record type {rtype} for the active request {rid}")
-        if rtype == FCGI_PARAMS:
-            return self._params(active, record.content)
-        if rtype == FCGI_STDIN:
-            return self._stream(active, record.content, "stdin")
-        if rtype == FCGI_DATA:
-            return self._stream(active, record.content, "data")
+        if rtype in _STREAM_STATE:
+            return self._stream(active, rtype, record.content)
         if rtype == FCGI_ABORT_REQUEST:
             return AbortRequest(rid)
+        if rtype not in _APPLICATION_TYPES:
+            raise ProtocolError(f"unknown record type {rtype} for the active request {rid}")
         raise ProtocolError(f"record type {rtype} is sent by applications, not to them")
 
     def _handle_management(self, record: Record) -> None:
@@ -668,39 +809,28 @@ class ServerConnection:
         self._active = _ActiveRequest(rid, role)
         return BeginRequest(rid, role, bool(flags & FCGI_KEEP_CONN))
 
-    def _params(self, active: _ActiveRequest, content: bytes) -> Params | None:
-        if active.params_done:
-            raise ProtocolError("PARAMS record after the end of the PARAMS stream")
+    def _stream(self, active: _ActiveRequest, record_type: int, content: Any) -> ServerEvent | None:
+        """A PARAMS, STDIN or DATA record: checked against the state, then taken."""
+        if active.state is not _STREAM_STATE[record_type]:
+            raise _out_of_order(active, record_type)
+        if record_type == FCGI_PARAMS:
+            return self._params(active, content)
+        rid = active.request_id
+        if content:
+            return StdinData(rid, content) if record_type == FCGI_STDIN else DataData(rid, content)
+        active.end_stream()
+        return StdinEnd(rid) if record_type == FCGI_STDIN else DataEnd(rid)
+
+    def _params(self, active: _ActiveRequest, content: Any) -> Params | None:
         if content:
             if len(active.params) + len(content) > self.limits.max_params_bytes:
                 raise ProtocolError(f"PARAMS exceed the limit of {self.limits.max_params_bytes} bytes")
             active.params += content
             return None
-        active.params_done = True
+        active.end_stream()
         pairs = decode_pairs(bytes(active.params), self.limits)
         active.params = bytearray()
         return Params(active.request_id, pairs)
-
-    def _stream(self, active: _ActiveRequest, content: bytes, which: str) -> ServerEvent:
-        if not active.params_done:
-            raise ProtocolError(f"{which.upper()} record before the end of the PARAMS stream")
-        if which == "stdin":
-            if active.stdin_done:
-                raise ProtocolError("STDIN record after the end of the STDIN stream")
-            if content:
-                return StdinData(active.request_id, content)
-            active.stdin_done = True
-            return StdinEnd(active.request_id)
-        if active.role != FCGI_FILTER:
-            raise ProtocolError("DATA record for a request that is not in the FILTER role")
-        if not active.stdin_done:
-            raise ProtocolError("DATA record before the end of STDIN (inputs are sent one after the other)")
-        if active.data_done:
-            raise ProtocolError("DATA record after the end of the DATA stream")
-        if content:
-            return DataData(active.request_id, content)
-        active.data_done = True
-        return DataEnd(active.request_id)
 
 
 # --- web-server side (client) ------------------------------------------------

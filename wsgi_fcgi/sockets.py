@@ -9,7 +9,6 @@ lighttpd ``bin-path``, spawn-fcgi) hands over a listening socket as fd 0
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import stat
@@ -149,28 +148,30 @@ def adopt_fd(fd: int) -> socket.socket:
     return sock
 
 
-def inherited_listener() -> socket.socket | None:
-    """The listening socket on fd 0 that a spawning web server left us, if any.
+def fd0_is_listening() -> bool:
+    """Whether fd 0 is a listening socket (a web server spawned us for FastCGI),
+    looked at through a duplicate, without adopting it.
 
     The spec's test is getpeername() failing with ENOTCONN; SO_ACCEPTCONN says
     the same thing more directly and rejects a connected or non-stream socket.
     """
     try:
-        mode = os.fstat(0).st_mode
+        if not stat.S_ISSOCK(os.fstat(0).st_mode):
+            return False
     except OSError:
-        return None
-    if not stat.S_ISSOCK(mode):
-        return None
+        return False
     probe = socket.socket(fileno=os.dup(0))
     try:
-        listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    except OSError as exc:
-        if exc.errno != errno.ENOTSOCK:
-            raise
-        listening = 0
+        return bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
     finally:
         probe.close()
-    if not listening:
+
+
+def inherited_listener() -> socket.socket | None:
+    """The listening socket on fd 0 that a spawning web server left us, if any."""
+    if not fd0_is_listening():
         return None
     sock = socket.socket(fileno=0)
     sock.set_inheritable(False)

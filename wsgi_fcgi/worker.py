@@ -5,9 +5,12 @@ connection. An epoll set holds the listening sockets (EPOLLEXCLUSIVE: the
 kernel wakes one idle worker per new connection, no thundering herd, and a
 busy worker is never picked), the idle FCGI_KEEP_CONN connections this worker
 keeps for nginx ``keepalive`` / Apache ``enablereuse``, and the signal wakeup
-pipe. Signal handlers only set flags; the loop acts on them between requests,
+pipe. TERM and USR1 only set flags, which the loop acts on between requests,
 so a TERM lets the current request finish (what mod_fcgid and the master
-expect) and an accepted connection is never dropped.
+expect) and an accepted connection is never dropped. The others act at once:
+INT and QUIT raise SystemExit (a quick stop), ABRT (the master's --timeout)
+logs where the request was stuck and exits, USR2 writes the slow request's
+stack to the slow log with one os.write, and the request goes on.
 
 Socket calls first try without blocking (MSG_DONTWAIT): a request from a
 web server usually arrives in one segment and its answer fits the socket
@@ -54,6 +57,7 @@ QUIET_BEFORE_CLOSE = 0.2  # a kept connection unused this long is not about to b
 DRAIN_SECONDS = 3.0  # most a leaving worker spends serving its kept connections
 ACCEPT_ERROR_LOG_INTERVAL = 10.0
 ACCEPT_STREAK = 16  # connections served back to back before the loop checks signals and timers again
+CHECK_PEER_INTERVAL = 0.05  # seconds of a streamed response between looks at what the web server sent
 
 
 NOTHING_TO_ACCEPT = object()  # _take_connection: the queue is empty (or accepting paused)
@@ -69,10 +73,13 @@ def _timeval(seconds: float) -> bytes:
 
 
 class Connection:
-    """One accepted transport connection; the handler's ``Channel`` for its current request."""
+    """One accepted transport connection; the handler's ``Channel`` for its current request.
 
-    __slots__ = ("sock", "fd", "proto", "peer", "request_id", "input_finished", "_stash", "idle_since",
-                 "_timeval", "_flags")
+    What the request's streams are doing is the protocol's to know
+    (``proto.stream_open``, ``proto.ended_input_complete``): this class only
+    moves bytes between the socket and it."""
+
+    __slots__ = ("sock", "fd", "proto", "peer", "request_id", "idle_since", "_timeval", "_flags", "_next_check")
 
     def __init__(self, sock: socket.socket, peer: Any, proto: p.ServerConnection, timeval: bytes) -> None:
         self.sock = sock
@@ -80,12 +87,15 @@ class Connection:
         self.proto = proto
         self.peer = peer
         self.request_id = 0
-        self.input_finished = False
-        self._stash: p.ServerEvent | None = None
         self.idle_since = 0.0
         self._timeval = timeval  # the stall timeout, packed once per worker; b"": none
         # Until the first call that would block, recv/sendmsg do not wait.
         self._flags = socket.MSG_DONTWAIT if timeval else 0
+        self._next_check = 0.0  # check_peer: when it next looks at the socket; 0: not yet timed
+
+    def start_request(self, request_id: int) -> None:
+        self.request_id = request_id
+        self._next_check = 0.0
 
     def _arm_stall_timeout(self) -> None:
         """A call would block: from now on calls wait, at most the stall timeout."""
@@ -96,10 +106,6 @@ class Connection:
     # reading
     def next_event(self) -> p.ServerEvent:
         """The next protocol event, reading from the socket as needed."""
-        stashed = self._stash
-        if stashed is not None:
-            self._stash = None
-            return stashed
         proto = self.proto
         while True:
             event: Any = proto.next_event()
@@ -123,9 +129,9 @@ class Connection:
 
     def read_request_head(self) -> tuple[p.BeginRequest, p.Params] | None:
         """BEGIN_REQUEST and PARAMS through the protocol's fast path, reading once
-        if nothing is buffered; None when the general path (next_event) must run."""
-        if self._stash is not None:
-            return None
+        if nothing is buffered; None when the general path (next_event) must run.
+        A GET from nginx arrives in one segment with its empty STDIN record, which
+        the fast path takes too: the request's input is then known complete."""
         proto = self.proto
         if not proto.has_buffered_data:
             data = self._recv()
@@ -135,32 +141,23 @@ class Connection:
         head = proto.read_request_head()
         if head is None:
             return None
-        if head.stdin_done:
-            self._stash = p.StdinEnd(head.begin.request_id)
         return head.begin, head.params
-
-    def prefetch_stdin_end(self) -> None:
-        """If the empty STDIN record is already buffered (a GET from nginx arrives
-        in one segment), note it: the connection can then be closed without a
-        lingering drain."""
-        if self._stash is None and self.proto.has_buffered_data:
-            event: Any = self.proto.next_event()  # from the buffer only: never waits for the peer
-            if event is not p.NEED_DATA:
-                self._stash = event
-        if type(self._stash) is p.StdinEnd:  # read_request_head may have stashed it already
-            self.input_finished = True
 
     # Channel for the handler
     def read_stdin(self) -> bytes:
-        return self._read_stream(p.StdinData, p.StdinEnd, self.proto.read_stdin_chunk)
+        if not self.proto.stream_open(p.FCGI_STDIN):
+            return b""
+        return self._read_stream(p.StdinData, self.proto.read_stdin_chunk)
 
     def read_data(self) -> bytes:
-        return self._read_stream(p.DataData, p.DataEnd)
+        if not self.proto.stream_open(p.FCGI_DATA):
+            return b""
+        return self._read_stream(p.DataData)
 
     def _fast_chunk(self, read_chunk: Callable[[], Any]) -> Any:
         """A body chunk through the protocol's fast path (receiving while it asks
         for data), or None when the general path must take over."""
-        while self._stash is None:
+        while True:
             chunk = read_chunk()
             if chunk is not p.NEED_DATA:
                 return chunk
@@ -168,10 +165,9 @@ class Connection:
             self.proto.receive_data(data)
             if not data:
                 return None
-        return None
 
-    def _read_stream(self, chunk_type: type, end_type: type,
-                     fast: Callable[[], Any] | None = None) -> bytes:
+    def _read_stream(self, chunk_type: type, fast: Callable[[], Any] | None = None) -> bytes:
+        """The next chunk of an open input stream; b"" at its end."""
         try:
             if fast is not None:
                 chunk = self._fast_chunk(fast)
@@ -183,19 +179,60 @@ class Connection:
         except p.IncompleteRecord:
             raise ClientDisconnected("the web server closed the connection") from None
         except p.ProtocolError as exc:
-            error_log.warning("protocol error from %s: %s", self.peer or "peer", exc.reason)
-            raise ClientDisconnected(f"protocol error: {exc.reason}") from None
+            raise self._protocol_error(exc) from None
         if type(event) is chunk_type:
             return event.data  # type: ignore[union-attr]
-        if type(event) is end_type:
-            if end_type is p.StdinEnd:
-                self.input_finished = True
+        if type(event) in (p.StdinEnd, p.DataEnd):
             return b""
+        raise self._lost(event, "while reading the request body")
+
+    def _protocol_error(self, exc: p.ProtocolError) -> ClientDisconnected:
+        error_log.warning("protocol error from %s: %s", self.peer or "peer", exc.reason)
+        return ClientDisconnected(f"protocol error: {exc.reason}")
+
+    @staticmethod
+    def _lost(event: Any, when: str) -> ClientDisconnected:
+        """What an event that ends the request in the middle means to the app."""
         if isinstance(event, p.AbortRequest):
-            raise RequestAborted("the web server aborted the request (FCGI_ABORT_REQUEST)")
+            return RequestAborted("the web server aborted the request (FCGI_ABORT_REQUEST)")
         if isinstance(event, p.ConnectionClosed):
-            raise ClientDisconnected("the web server closed the connection")
-        raise ClientDisconnected(f"unexpected {type(event).__name__} while reading the request body")
+            return ClientDisconnected("the web server closed the connection")
+        return ClientDisconnected(f"unexpected {type(event).__name__} {when}")
+
+    def check_peer(self) -> None:
+        """Between the chunks of a streamed response: take what the web server
+        sent meanwhile -- answer a GET_VALUES or a second BEGIN_REQUEST
+        (FCGI_CANT_MPX_CONN) at once, and raise RequestAborted on
+        FCGI_ABORT_REQUEST or ClientDisconnected when it has closed, so the
+        handler stops the app at this chunk. It looks at the socket (one
+        non-blocking recv) only once the response has streamed for
+        CHECK_PEER_INTERVAL, and then at most that often: a response that is over
+        sooner costs no system call. The app's unread body is left where it is."""
+        now = time.monotonic()
+        if now < self._next_check or self.proto.active_request_id != self.request_id:
+            return
+        first_call = not self._next_check
+        self._next_check = now + CHECK_PEER_INTERVAL
+        if first_call:
+            return
+        proto = self.proto
+        if not proto.has_buffered_data:
+            try:
+                data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""  # reset by the peer
+            proto.receive_data(data)
+        try:
+            event: Any = proto.next_event_during_response()
+        except p.ProtocolError as exc:
+            raise self._protocol_error(exc) from None
+        reply = proto.data_to_send()
+        if reply:
+            self._send_bytes(reply)
+        if event is not p.NEED_DATA:
+            raise self._lost(event, "while the app was responding")
 
     def send(self, buffers: list[Any]) -> None:
         """Send every byte of ``buffers``: one sendmsg in the common case."""
@@ -251,7 +288,7 @@ class Connection:
         """Close at the end of a request. Unread input still on its way would
         make close() send a RST that can destroy the response in flight, so in
         that case shut down our side and drain briefly first (lingering close)."""
-        if not self.input_finished and not self._rest_of_input_arrived():
+        if not self._rest_of_input_arrived():
             try:
                 self.sock.shutdown(socket.SHUT_WR)
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(LINGER_SECONDS))
@@ -262,23 +299,27 @@ class Connection:
                 pass
         self.close()
 
-
     def _rest_of_input_arrived(self) -> bool:
-        """Whether the end of the answered request's body is already here: in our
-        buffer, or in the socket (one non-blocking read). An app that reads
-        exactly CONTENT_LENGTH bytes never asks for the empty STDIN record, yet
-        nginx has usually sent it; then no lingering drain is needed."""
+        """Whether the end of the answered request's input is already here: known
+        to the protocol, in our buffer, or in the socket (one non-blocking read).
+        An app that reads exactly CONTENT_LENGTH bytes never asks for the empty
+        STDIN record, yet nginx has usually sent it; then no lingering drain is needed."""
         proto = self.proto
+        if proto.ended_input_complete or self._input_end_buffered():
+            return True
         try:
             data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            data = None
+            return False
         except OSError:
             return False
         if data == b"":
             return True  # the peer has closed: nothing left to read
-        if data:
-            proto.receive_data(data)
+        proto.receive_data(data)
+        return self._input_end_buffered()
+
+    def _input_end_buffered(self) -> bool:
+        proto = self.proto
         try:
             while not proto.ended_input_complete and proto.next_event() is not p.NEED_DATA:
                 pass
@@ -751,18 +792,14 @@ class Worker:
                 return begin, event
             elif isinstance(event, p.AbortRequest) and begin is not None:
                 # Aborted before it started: answer at once, as the spec asks.
-                conn.request_id = begin.request_id
+                conn.start_request(begin.request_id)
                 conn.send([conn.end_request(0)])
                 begin = None
 
     def _run_request(self, conn: Connection, begin: p.BeginRequest, params: p.Params, slot: Slot) -> bool:
-        conn.request_id = begin.request_id
-        # An authorizer gets no STDIN (mod_authnz_fcgi sends not even the empty record).
-        conn.input_finished = begin.role == p.FCGI_AUTHORIZER
-        conn.prefetch_stdin_end()
-        slot.begin(*_method_and_uri(params.pairs))
+        conn.start_request(begin.request_id)
         try:
-            return self.handler.handle(conn, begin.request_id, begin.role, params.pairs)
+            return self.handler.handle(conn, begin.request_id, begin.role, params.pairs, slot.begin)
         finally:
             self._count_request(slot)
 
@@ -872,16 +909,3 @@ class PeerFilter:
             self._logged[address] = now
             error_log.warning("refused a connection from %s: not in --allowed-addr / FCGI_WEB_SERVER_ADDRS "
                               "(logged once a minute per address)", address)
-
-
-def _method_and_uri(pairs: list[tuple[str, str]]) -> tuple[str, str]:
-    """For the scoreboard and the timeout log: which request this is."""
-    method = uri = ""
-    for name, value in pairs:
-        if name == "REQUEST_METHOD":
-            method = value
-        elif name == "REQUEST_URI":
-            uri = value
-        if method and uri:
-            break
-    return method or "?", uri or "?"
