@@ -1,8 +1,11 @@
-"""systemd: Type=notify (sd_notify), with real processes.
+"""systemd: Type=notify (sd_notify) and socket activation (LISTEN_FDS), with real processes.
 
 Notify tests bind their own NOTIFY_SOCKET datagram socket (a path, and an
 ``@abstract`` name) and record every message the master sends, in order,
-as systemd would. Every process is stopped by PID in a ``finally``; every wait
+as systemd would. Socket activation runs the real ``systemd-socket-activate``
+(package ``systemd``), which binds the socket, execs ``python -m wsgi_fcgi``
+on the first connection and passes the socket as fd 3 with LISTEN_FDS and
+LISTEN_PID set. Every process is stopped by PID in a ``finally``; every wait
 polls a state until a deadline (support.waiting); nothing asserts on time.
 
 The fixture app is tests/apps/systemd_app.py (``/environ`` lists the
@@ -12,23 +15,34 @@ names in the workers' os.environ).
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
-from support.processes import WsgiFcgiServer, short_socket_dir
+from support import REPO_ROOT
+from support.ci import missing
+from support.net import free_port
+from support.processes import ManagedProcess, WsgiFcgiServer, server_env, short_socket_dir
 from support.waiting import wait_for
 from wsgi_fcgi.client import request
-from wsgi_fcgi.systemd import Notifier
+from wsgi_fcgi.errors import EXIT_BOOT_ERROR, StartupError
+from wsgi_fcgi.sockets import AddressError, adopt_activated
+from wsgi_fcgi.systemd import Notifier, listen_fds
 
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 APP = "systemd_app:app"
+ROOT_ARGS = ["--allow-root"] if os.geteuid() == 0 else []  # tests (and CI) run as root
+SYSTEMD_VARS = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -224,3 +238,175 @@ def test_status_is_rate_limited(tmp_path: Path) -> None:
     finally:
         notifier.close()
         listener.close()
+
+
+# --- LISTEN_FDS read from the environment (in this process) -------------------------------
+
+
+def test_listen_fds_for_this_process() -> None:
+    environ = {"LISTEN_FDS": "2", "LISTEN_PID": str(os.getpid()), "LISTEN_FDNAMES": "app:admin", "OTHER": "x"}
+    assert listen_fds(environ) == [(3, "app"), (4, "admin")]
+    assert environ == {"OTHER": "x"}
+
+
+def test_listen_fds_for_another_process_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    environ = {"LISTEN_FDS": "1", "LISTEN_PID": "1"}
+    with caplog.at_level(logging.WARNING, logger="wsgi_fcgi.error"):
+        assert listen_fds(environ) == []
+    assert environ == {}
+    assert "LISTEN_PID=1 is another process" in caplog.text
+
+
+def test_listen_fds_without_listen_pid_is_an_error() -> None:
+    environ = {"LISTEN_FDS": "1"}
+    with pytest.raises(StartupError, match="LISTEN_PID is not") as info:
+        listen_fds(environ)
+    assert info.value.exit_code == EXIT_BOOT_ERROR and environ == {}
+
+
+def test_datagram_and_connected_sockets_are_refused() -> None:
+    datagram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    left, right = socket.socketpair()  # what Accept=yes passes: one connection
+    try:
+        with pytest.raises(AddressError, match=r"datagram socket \(ListenDatagram=\).*ListenStream="):
+            adopt_activated(datagram.fileno(), "app")
+        with pytest.raises(AddressError, match="connected socket.*Accept=yes.*Accept=no"):
+            adopt_activated(left.fileno())
+        assert datagram.fileno() >= 0 and left.fileno() >= 0  # refused, not closed
+    finally:
+        for sock in (datagram, left, right):
+            sock.close()
+
+
+def test_listen_fds_without_listen_pid_ends_the_server_with_exit_3() -> None:
+    env = server_env([APPS_DIR], {"LISTEN_FDS": "1"})
+    env.pop("LISTEN_PID", None)
+    result = subprocess.run([sys.executable, "-m", "wsgi_fcgi", *ROOT_ARGS, APP], env=env, capture_output=True,
+                            text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("wsgi_fcgi: error: LISTEN_FDS=1 is set but LISTEN_PID is not"), result.stderr
+
+
+# --- socket activation with systemd-socket-activate -------------------------------------
+
+
+@pytest.fixture
+def socket_activate() -> str:
+    path = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
+    if not os.access(path, os.X_OK):
+        missing("systemd-socket-activate is not installed (apt-get install systemd)")
+    return path
+
+
+class Activated(ManagedProcess):
+    """``systemd-socket-activate -l ADDR... python -m wsgi_fcgi ARGS``: it binds
+    each ADDR, and on the first connection execs the server (same PID) with
+    the sockets as fds 3 and up."""
+
+    def __init__(self, tool: str, listen: Sequence[str], argv: Sequence[str], *, workdir: Path,
+                 cwd: Optional[Path] = None, fdnames: str = "") -> None:
+        self.listen = list(listen)
+        env = server_env([APPS_DIR])
+        # it passes its children only LISTEN_* and what -E names
+        setenv = [f"--setenv={name}={env[name]}" for name in ("PYTHONPATH", "PYTHONUNBUFFERED")]
+        names = [f"--fdname={fdnames}"] if fdnames else []
+        super().__init__([tool, *(f"--listen={a}" for a in self.listen), *setenv, *names, *argv],
+                         name="systemd-socket-activate", log_path=workdir / "activate.log", cwd=cwd or REPO_ROOT,
+                         env=env)
+
+    def start(self) -> None:
+        super().start()
+        self.wait_until(lambda: self.output_text().count("Listening on ") == len(self.listen), timeout=20,
+                        what="listening")
+
+
+def activated_server(tool: str, tmp_path: Path, listen: Sequence[str], *args: str,
+                     fdnames: str = "") -> Activated:
+    return Activated(tool, listen, [sys.executable, "-m", "wsgi_fcgi", *ROOT_ARGS, *args, APP],
+                     workdir=tmp_path, fdnames=fdnames)
+
+
+def test_socket_activation_on_a_unix_socket(socket_activate: str, tmp_path: Path) -> None:
+    """The passed socket serves; the app sees no LISTEN_*; HUP keeps serving on
+    the same socket; TERM leaves the socket file (systemd's) in place."""
+    directory = short_socket_dir(tmp_path / "s")
+    path = directory / "app.sock"
+    server = activated_server(socket_activate, tmp_path, [str(path)], "--workers", "2", fdnames="app")
+    started = re.compile(r"started worker (\d+)")
+    try:
+        server.start()
+        address = f"unix:{path}"
+        names = environ_names(address)  # the first connection makes it exec the server
+        assert not [n for n in names if n in SYSTEMD_VARS], names
+        assert f"unix:{path} (systemd fd 3, app)" in server.output_text()
+        inode = path.stat().st_ino
+        wait_for(lambda: len(started.findall(server.output_text())) == 2, 20, "2 workers")
+        old = set(started.findall(server.output_text()))
+        server.send_signal(signal.SIGHUP)
+        wait_for(lambda: server.output_text().count("(replaced by reload)") == 2, 20, "the old workers retired")
+        assert str(pid_of(address)) not in old
+        assert path.stat().st_ino == inode
+        assert server.stop(signal.SIGTERM) == 0, server.output_text()
+        assert path.exists()  # systemd's socket file: not ours to remove
+    finally:
+        server.stop()
+        if directory != tmp_path / "s":
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_socket_activation_on_tcp(socket_activate: str, tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    server = activated_server(socket_activate, tmp_path, [address], "--workers", "1")
+    try:
+        server.start()
+        names = environ_names(address)
+        assert not [n for n in names if n in SYSTEMD_VARS], names
+        assert f"{address} (systemd fd 3)" in server.output_text()
+    finally:
+        server.stop()
+
+
+def test_activated_socket_beyond_loopback_needs_allow_remote(socket_activate: str, tmp_path: Path) -> None:
+    port = free_port("0.0.0.0")
+    server = activated_server(socket_activate, tmp_path, [f"0.0.0.0:{port}"], "--workers", "1")
+    try:
+        server.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=20):
+            pass  # makes it exec the server
+        assert server.wait(20) == EXIT_BOOT_ERROR, server.output_text()
+        assert "wsgi_fcgi: error: refusing to listen on 0.0.0.0:" in server.output_text()
+        assert "--allow-remote" in server.output_text()
+    finally:
+        server.stop()
+
+
+def test_activated_sockets_win_over_bind(socket_activate: str, tmp_path: Path) -> None:
+    directory = short_socket_dir(tmp_path / "s")
+    path, bound = directory / "app.sock", directory / "bind.sock"
+    server = activated_server(socket_activate, tmp_path, [str(path)], "--bind", f"unix:{bound}")
+    try:
+        server.start()
+        assert pid_of(f"unix:{path}") > 0
+        assert f"listening on the socket(s) systemd passed (LISTEN_FDS), not on --bind unix:{bound}" \
+            in server.output_text()
+        assert not bound.exists()
+    finally:
+        server.stop()
+        if directory != tmp_path / "s":
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_check_config_lists_activated_sockets(socket_activate: str, tmp_path: Path) -> None:
+    directory = short_socket_dir(tmp_path / "s")
+    path = directory / "app.sock"
+    server = activated_server(socket_activate, tmp_path, [str(path)], "--check-config", fdnames="app")
+    try:
+        server.start()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))  # makes it exec --check-config
+            assert server.wait(20) == 0, server.output_text()
+        assert f"\n# listen: unix:{path} (systemd fd 3, app)\n" in server.output_text()
+    finally:
+        server.stop()
+        if directory != tmp_path / "s":
+            shutil.rmtree(directory, ignore_errors=True)

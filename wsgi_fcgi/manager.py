@@ -759,7 +759,7 @@ class Arbiter:
         # Only the files we created, and only while they are still ours: a
         # server started while we drain may already have bound the same path.
         for address in self.addresses:
-            if address.is_unix and not address.is_fd:
+            if address.is_unix and not address.is_fd and not address.adopted:  # systemd's stay
                 try:
                     st = os.stat(str(address.target))
                 except OSError:

@@ -12,6 +12,9 @@ inherited LISTEN_FDS would believe our sockets were meant for it.
   (a path, or ``@name`` for an abstract socket); a no-op when the variable is
   unset, so the master calls it unconditionally. A failed send is logged once
   and never stops the server: systemd being away is no reason to stop serving.
+- ``listen_fds``: sd_listen_fds(3). ``LISTEN_FDS=N`` fds from 3 on, when
+  ``LISTEN_PID`` is this process; their names from ``LISTEN_FDNAMES``.
+  sockets.py turns each into a socket and its Address.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import socket
 import time
 from collections.abc import Callable, MutableMapping
 
+from .errors import EXIT_BOOT_ERROR, StartupError
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
+LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START: the first fd systemd passes
 SEND_TIMEOUT = 1.0  # a send may wait this long for room in systemd's queue, never longer
 STATUS_INTERVAL = 5.0  # at most one STATUS= change per this many seconds (not one per request)
 
@@ -108,3 +113,31 @@ def _socket_address(address: str) -> str | bytes | None:
 
 def _printable(target: str | bytes) -> str:
     return "@" + os.fsdecode(target[1:]) if isinstance(target, bytes) else target
+
+
+def listen_fds(environ: MutableMapping[str, str] = os.environ) -> list[tuple[int, str]]:
+    """(fd, name) of each socket systemd passed this process; [] when none.
+
+    LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES are removed from ``environ``
+    whatever they say. LISTEN_PID names the process they are for: another
+    process's are ignored (with a warning; systemd's rule, for a variable
+    leaked by a parent), and LISTEN_FDS without LISTEN_PID is refused, since
+    nothing then says whose sockets fds 3 and up are."""
+    count = environ.pop("LISTEN_FDS", None)
+    pid = environ.pop("LISTEN_PID", None)
+    names = environ.pop("LISTEN_FDNAMES", None)
+    if count is None:
+        return []
+    if not count.strip().isdigit():
+        raise StartupError(f"LISTEN_FDS={count!r} is not a number of sockets (socket activation)", EXIT_BOOT_ERROR)
+    if pid is None:
+        raise StartupError(f"LISTEN_FDS={count} is set but LISTEN_PID is not, so nothing says these sockets "
+                           "are for this process: start it from a systemd .socket unit or systemd-socket-activate, "
+                           "or unset LISTEN_FDS", EXIT_BOOT_ERROR)
+    if pid.strip() != str(os.getpid()):
+        error_log.warning("ignoring LISTEN_FDS=%s: LISTEN_PID=%s is another process (this is %d), so the "
+                          "sockets are not ours", count, pid, os.getpid())
+        return []
+    labels = names.split(":") if names else []
+    fds = range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))
+    return [(fd, labels[i] if len(labels) == len(fds) else "") for i, fd in enumerate(fds)]
