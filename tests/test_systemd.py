@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -29,10 +30,11 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
-from support import REPO_ROOT
+from support import FLASK_APP_DIR, REPO_ROOT
 from support.ci import missing
 from support.net import free_port
 from support.processes import ManagedProcess, WsgiFcgiServer, server_env, short_socket_dir
+from support.units import unit_section
 from support.waiting import wait_for
 from wsgi_fcgi.client import request
 from wsgi_fcgi.errors import EXIT_BOOT_ERROR, StartupError
@@ -41,6 +43,7 @@ from wsgi_fcgi.systemd import Notifier, listen_fds
 
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 APP = "systemd_app:app"
+SYSTEMD_DIR = REPO_ROOT / "examples" / "systemd"
 ROOT_ARGS = ["--allow-root"] if os.geteuid() == 0 else []  # tests (and CI) run as root
 SYSTEMD_VARS = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
@@ -410,3 +413,73 @@ def test_check_config_lists_activated_sockets(socket_activate: str, tmp_path: Pa
         server.stop()
         if directory != tmp_path / "s":
             shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- the units of docs/systemd.md -----------------------------------------------------------
+
+
+def _exec_start(service: Path, mapping: Dict[str, str]) -> List[str]:
+    """ExecStart of ``service`` with its install paths mapped to this checkout."""
+    unit = unit_section(service, "Service")
+    argv = shlex.split(unit["ExecStart"][0])
+    assert argv[0] == "/srv/flask_app/venv/bin/python", "ExecStart no longer starts with the venv's python"
+    assert unit["WorkingDirectory"] == ["/srv/flask_app/app"]
+    for old, new in mapping.items():
+        argv = [a.replace(old, new) for a in argv]
+    return [sys.executable, *argv[1:], *ROOT_ARGS]
+
+
+def test_notify_service_unit_tells_systemd(tmp_path: Path, notify: NotifyListener) -> None:
+    """examples/systemd/flask_app.service is Type=notify: its ExecStart, given
+    a NOTIFY_SOCKET as systemd would, says READY=1 once it serves, then
+    RELOADING=1 and READY=1 for ExecReload's HUP, STOPPING=1 for KillSignal."""
+    service = SYSTEMD_DIR / "flask_app.service"
+    unit = unit_section(service, "Service")
+    assert unit["Type"] == ["notify"] and unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    runtime = short_socket_dir(tmp_path / "run")
+    argv = _exec_start(service, {f"/run/{unit['RuntimeDirectory'][0]}/": f"{runtime}/"})
+    process = ManagedProcess(argv, name="flask_app.service", log_path=tmp_path / "service.log", cwd=FLASK_APP_DIR,
+                             env=server_env(env={"NOTIFY_SOCKET": notify.env_value}))
+    try:
+        process.start()
+        ready = notify.wait("READY", "1")
+        response = request(f"unix:{runtime / 'app.sock'}", "/hello/systemd", timeout=20)
+        assert response.body == b"Hello, systemd!", response
+        process.send_signal(signal.SIGHUP)
+        notify.wait("READY", "1", after=notify.wait("RELOADING", "1", after=ready + 1) + 1)
+        assert process.stop(signal.SIGTERM, float(unit["TimeoutStopSec"][0])) == 0, process.output_text()
+        notify.wait("STOPPING", "1", after=ready + 1)
+    finally:
+        process.stop()
+        if runtime != tmp_path / "run":
+            shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_socket_unit_and_its_service_serve_through_socket_activate(socket_activate: str, tmp_path: Path) -> None:
+    """examples/systemd/flask_app-activated.socket's ListenStream, and its
+    service's ExecStart run from WorkingDirectory, through systemd-socket-activate
+    (which names the fd after the socket unit, as systemd does): a real request."""
+    socket_unit = SYSTEMD_DIR / "flask_app-activated.socket"
+    service = SYSTEMD_DIR / "flask_app-activated.service"
+    listen = unit_section(socket_unit, "Socket")
+    assert listen.get("Accept", ["no"]) == ["no"]
+    assert unit_section(service, "Service")["Type"] == ["notify"]
+    assert unit_section(service, "Unit")["Requires"] == [socket_unit.name]
+    [stream] = listen["ListenStream"]
+    assert stream.startswith("/run/flask_app/")
+    runtime = short_socket_dir(tmp_path / "run")
+    path = runtime / Path(stream).name
+    argv = _exec_start(service, {})
+    assert "--bind" not in argv and "-b" not in argv, "the socket comes from the .socket unit"
+    server = Activated(socket_activate, [str(path)], argv, workdir=tmp_path, cwd=FLASK_APP_DIR,
+                       fdnames=socket_unit.name)
+    try:
+        server.start()
+        response = request(f"unix:{path}", "/hello/systemd", timeout=30)
+        assert response.body == b"Hello, systemd!", response
+        assert f"unix:{path} (systemd fd 3, {socket_unit.name})" in server.output_text()
+        assert server.stop(signal.SIGTERM) == 0, server.output_text()
+    finally:
+        server.stop()
+        if runtime != tmp_path / "run":
+            shutil.rmtree(runtime, ignore_errors=True)
