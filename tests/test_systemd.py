@@ -399,6 +399,32 @@ def test_activated_sockets_win_over_bind(socket_activate: str, tmp_path: Path) -
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.parametrize("kind", ["--datagram", "--accept"])
+def test_datagram_and_accept_yes_end_the_server(socket_activate: str, tmp_path: Path, kind: str) -> None:
+    """What systemd-socket-activate passes for ListenDatagram= and Accept=yes ends the server with exit 3."""
+    directory = short_socket_dir(tmp_path / "s")
+    path = directory / "app.sock"
+    server = Activated(socket_activate, [str(path)], [kind, sys.executable, "-m", "wsgi_fcgi", *ROOT_ARGS, APP],
+                       workdir=tmp_path)
+    expected = "use ListenStream=" if kind == "--datagram" else "use Accept=no"
+    try:
+        server.start()
+        if kind == "--datagram":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+                client.sendto(b"x", str(path))  # makes it exec the server
+            assert server.wait(20) == EXIT_BOOT_ERROR, server.output_text()
+        else:  # one server per connection, each given only that connection
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+                wait_for(lambda: expected in server.output_text(), 20, "the refusal")
+        assert "wsgi_fcgi: error: fd 3 from systemd is " in server.output_text()
+        assert expected in server.output_text()
+    finally:
+        server.stop()
+        if directory != tmp_path / "s":
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_check_config_lists_activated_sockets(socket_activate: str, tmp_path: Path) -> None:
     directory = short_socket_dir(tmp_path / "s")
     path = directory / "app.sock"
