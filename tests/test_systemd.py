@@ -129,17 +129,20 @@ def pid_of(address: str) -> int:
 
 
 def test_ready_only_once_every_worker_serves(tmp_path: Path, notify: NotifyListener) -> None:
-    """Workers held at boot (the app waits for a gate file): no READY=1 yet.
-    Released: READY=1 arrives, with STATUS= figures that count both workers,
-    and a real request is answered."""
+    """Workers held at boot (the app waits for a gate file): no READY=1 yet,
+    nor RELOADING=1 for a HUP then. Released: READY=1 arrives, with STATUS=
+    figures that count both workers, and a real request is answered."""
     gate = tmp_path / "gate"
     server = notified_server(tmp_path, notify, "--workers", "2", env={"SYSTEMD_APP_GATE": str(gate)})
     try:
         server.start()  # the master listens before its workers boot
         server.wait_until(lambda: len(list(tmp_path.glob("gate.*"))) == 2, timeout=20, what="2 workers at the gate")
         assert not any("READY" in m for m in notify.received()), notify.messages
+        server.send_signal(signal.SIGHUP)  # a reload while starting: the READY=1 owed covers it
+        server.wait_until(lambda: len(list(tmp_path.glob("gate.*"))) == 4, timeout=20, what="2 more at the gate")
         gate.touch()
         ready = notify.wait("READY", "1")
+        assert not any("RELOADING" in m for m in notify.messages), notify.messages
         assert notify.messages[ready]["STATUS"] == "workers 2, busy 0, idle 2, requests 0"
         assert pid_of(server.address) > 0
     finally:
@@ -399,20 +402,25 @@ def test_activated_sockets_win_over_bind(socket_activate: str, tmp_path: Path) -
             shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.mark.parametrize("kind", ["--datagram", "--accept"])
+@pytest.mark.parametrize("kind", ["--datagram", "--seqpacket", "--accept"])
 def test_datagram_and_accept_yes_end_the_server(socket_activate: str, tmp_path: Path, kind: str) -> None:
-    """What systemd-socket-activate passes for ListenDatagram= and Accept=yes ends the server with exit 3."""
+    """What systemd-socket-activate passes for ListenDatagram=, ListenSequentialPacket= and Accept=yes
+    ends the server with exit 3."""
     directory = short_socket_dir(tmp_path / "s")
     path = directory / "app.sock"
     server = Activated(socket_activate, [str(path)], [kind, sys.executable, "-m", "wsgi_fcgi", *ROOT_ARGS, APP],
                        workdir=tmp_path)
-    expected = "use ListenStream=" if kind == "--datagram" else "use Accept=no"
+    expected = "use Accept=no" if kind == "--accept" else "use ListenStream="
     try:
         server.start()
         if kind == "--datagram":
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
                 client.sendto(b"x", str(path))  # makes it exec the server
             assert server.wait(20) == EXIT_BOOT_ERROR, server.output_text()
+        elif kind == "--seqpacket":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client:
+                client.connect(str(path))
+                assert server.wait(20) == EXIT_BOOT_ERROR, server.output_text()
         else:  # one server per connection, each given only that connection
             with socket.socket(socket.AF_UNIX) as client:
                 client.connect(str(path))

@@ -310,7 +310,8 @@ class Arbiter:
         else:
             error_log.info("reloading: new workers fork from the app loaded at start "
                            "(--preload); restart the server to load changed code")
-        self._notifier.reloading()
+        if self._ready_sent:  # still starting: the READY=1 owed covers the new generation too
+            self._notifier.reloading()
         self._ready_pending = True  # READY=1 again once the new generation is up (or the old one is back)
         current = self._active()
         for worker in current:

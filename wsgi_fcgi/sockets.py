@@ -174,8 +174,9 @@ def adopt_activated(fd: int, name: str = "") -> tuple[socket.socket, Address]:
 
 def _activated_address(sock: socket.socket, label: str, origin: str) -> Address:
     if sock.type != socket.SOCK_STREAM:
-        kind = "a datagram socket (ListenDatagram=)" if sock.type == socket.SOCK_DGRAM else \
-            "not a stream socket (ListenSequentialPacket=?)"
+        kind = {socket.SOCK_DGRAM: "a datagram socket (ListenDatagram=)",
+                socket.SOCK_SEQPACKET: "a sequential-packet socket (ListenSequentialPacket=)"}.get(
+                    sock.type, "not a stream socket")
         raise AddressError(f"{label} is {kind}: FastCGI needs a stream socket, use ListenStream= in the "
                            ".socket unit")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
