@@ -23,7 +23,8 @@ PYTHON3=${PYTHON3:-python3}
 # (mod_proxy_fcgi, mod_authnz_fcgi and mod_ssl come with apache2; openssl
 # makes the throwaway TLS certificates; the system python3 runs the apps
 # that Apache and lighttpd start as www-data, from a virtualenv the tests
-# make with it.)
+# make with it; systemd brings systemd-socket-activate, which the socket
+# activation tests run.)
 DEB_NEEDS="
 nginx-light:/usr/sbin/nginx
 apache2:/usr/sbin/apache2
@@ -35,6 +36,7 @@ python3:/usr/bin/python3
 curl:/usr/bin/curl
 wrk:/usr/bin/wrk
 libfcgi-bin:/usr/bin/cgi-fcgi
+systemd:/usr/bin/systemd-socket-activate
 "
 
 install_debian_packages() {

@@ -80,7 +80,9 @@ def check_config(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess
 
 def effective(output: str) -> Dict[str, Any]:
     import ast
-    return {k: ast.literal_eval(v) for k, _, v in (line.partition(" = ") for line in output.splitlines())}
+    # "# listen: ..." lines (sockets systemd passed) are comments, not settings
+    return {k: ast.literal_eval(v) for k, _, v in (line.partition(" = ") for line in output.splitlines()
+                                                  if not line.startswith("#"))}
 
 
 def test_precedence_defaults_file_env_command_line(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ SHOWN = [
     "examples/apache/htaccess",
     "examples/lighttpd/*.conf",
     "examples/systemd/*.service",
+    "examples/systemd/*.socket",
     "examples/authorizer/*.py",
     "examples/*/dispatch.fcgi",
 ]
@@ -44,7 +45,7 @@ WRAPPERS = {"examples/nginx/nginx.conf", "examples/apache/httpd.conf", "examples
 def language(path: str) -> str:
     if path.endswith((".py", ".fcgi")):
         return "python"
-    if path.endswith(".service"):
+    if path.endswith((".service", ".socket")):
         return "ini"
     for server in ("nginx", "apache", "lighttpd"):
         if f"/{server}/" in path:

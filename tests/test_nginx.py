@@ -46,6 +46,7 @@ from support.httpclient import MiB, HashingPayload, HTTPClient, multipart_file, 
 from support.net import free_port, port_of
 from support.processes import ManagedProcess, WsgiFcgiServer, can_connect, server_env
 from support.sites import BARE_APP, BARE_REDIRECT, SLASH_DECODED, Site, SiteChecks, start_app_server
+from support.units import unit_section
 from support.waiting import wait_for
 from support.webservers import Nginx
 
@@ -311,28 +312,12 @@ def test_graceful_stop_after_traffic(wsgi_server, nginx):
 # -- the systemd unit of docs/systemd.md ------------------------------------------
 
 
-def _unit_service_section(path: Path) -> dict:
-    """``[Service]`` of a systemd unit as {key: [values]} (keys may repeat)."""
-    section, values = None, {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line
-            continue
-        if section == "[Service]":
-            key, _, value = line.partition("=")
-            values.setdefault(key.strip(), []).append(value.strip())
-    return values
-
-
 def test_systemd_unit_exec_start_serves_behind_nginx(shared_dirs):
     """examples/systemd/flask_app.service as systemd would run it, with its
     install paths mapped to this checkout: ExecStart from WorkingDirectory,
     the socket in RuntimeDirectory; nginx in front; ExecReload's HUP keeps
     serving; KillSignal stops it cleanly within TimeoutStopSec."""
-    unit = _unit_service_section(REPO_ROOT / "examples" / "systemd" / "flask_app.service")
+    unit = unit_section(REPO_ROOT / "examples" / "systemd" / "flask_app.service", "Service")
     base = shared_dirs("wfcgi-systemd-")
     runtime_dir = base / "run" / unit["RuntimeDirectory"][0]
     runtime_dir.mkdir(parents=True)

@@ -27,8 +27,8 @@ from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_USAGE, StartupErr
 from .loader import AppLoadError, load_app, load_app_at_startup
 from .logs import error_log, setup_logging
 from .privileges import identity_for, root_refusal, socket_owner, switch_to
-from .sockets import (DEFAULT_TCP_ADDRESS, Address, AddressError, bind, inherited_listener, is_loopback,
-                      parse_address)
+from .sockets import (DEFAULT_TCP_ADDRESS, Address, AddressError, adopt_activated, bind, inherited_listener,
+                      is_loopback, parse_address)
 
 __all__ = ["EXIT_APP_LOAD_ERROR", "EXIT_BOOT_ERROR", "EXIT_USAGE", "main", "run"]
 
@@ -102,10 +102,20 @@ def _split_env_args(text: str) -> list[str]:
 
 
 def check_config(config: Config, app_spec: str) -> int:
-    """Print the effective settings; 0 if they hold and the app loads."""
+    """Print the effective settings; 0 if they hold and the app loads. Sockets
+    systemd passed are listed as ``# listen: ...`` comments (not settings: the
+    .socket unit sets them), after the same checks a start makes."""
     for name, value in sorted(config.as_dict().items()):
         print(f"{name} = {value!r}")
     print(f"wsgi_app = {app_spec!r}")
+    try:
+        activated = activated_listeners(config)
+    except (AddressError, StartupError) as exc:
+        fail(str(exc))
+        return exc.exit_code if isinstance(exc, StartupError) else EXIT_BOOT_ERROR
+    for sock, address in activated:
+        print(f"# listen: {address}")
+        sock.detach()  # systemd's socket: leave the descriptor as it was passed
     try:
         load_app(app_spec)
     except AppLoadError as exc:
@@ -115,7 +125,10 @@ def check_config(config: Config, app_spec: str) -> int:
 
 
 def open_listeners(config: Config) -> tuple[list[Any], list[Address], bool]:
-    """(sockets, addresses, spawned_on_fd0)."""
+    """(sockets, addresses, spawned_on_fd0): systemd's sockets, else --bind, else fd 0, else the default."""
+    activated = activated_listeners(config)
+    if activated:
+        return [sock for sock, _ in activated], [address for _, address in activated], False
     if config.bind:
         addresses = [parse_address(spec) for spec in config.bind]
         _check_exposure(addresses, config.allow_remote)
@@ -127,6 +140,21 @@ def open_listeners(config: Config) -> tuple[list[Any], list[Address], bool]:
         return [inherited], [parse_address("fd://0")], True
     address = parse_address(DEFAULT_TCP_ADDRESS)
     return [bind(address, backlog=config.backlog)], [address], False
+
+
+def activated_listeners(config: Config) -> list[tuple[Any, Address]]:
+    """The sockets systemd passed (socket activation), checked like --bind's.
+    They win over --bind: the .socket unit is where a systemd setup says where
+    to listen, and binding the same address again would fail anyway."""
+    from .systemd import listen_fds  # only when systemd passed sockets, or says it did
+
+    fds = listen_fds() if "LISTEN_FDS" in os.environ or "LISTEN_PID" in os.environ else []
+    activated = [adopt_activated(fd, name) for fd, name in fds]
+    if activated and config.bind:
+        error_log.warning("listening on the socket(s) systemd passed (LISTEN_FDS), not on --bind %s",
+                          " ".join(config.bind))
+    _check_exposure([address for _, address in activated], config.allow_remote)
+    return activated
 
 
 def _check_exposure(addresses: list[Address], allow_remote: bool) -> None:
@@ -161,7 +189,7 @@ def _start(config: Config, app: Callable[..., Any] | None, app_spec: str | None)
         setup_logging(config.log_level, config.error_logfile, config.access_logfile)
     except OSError as exc:
         raise StartupError(f"cannot open a log file: {exc.filename}: {exc.strerror}", EXIT_USAGE) from None
-    if config.mode == "fastcgi" or (config.mode == "auto" and config.bind):
+    if config.mode == "fastcgi" or (config.mode == "auto" and (config.bind or "LISTEN_FDS" in os.environ)):
         mode = "fastcgi"  # choose_mode's first answer, without loading cgi.py into the master and its workers
     else:
         from .cgi import ModeError, detect_mode

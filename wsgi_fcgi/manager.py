@@ -20,6 +20,11 @@ dynamic and ondemand pools and the zero-downtime reload are decided on.
 Stopping is not a second loop: a stop signals every worker, gives each a
 deadline after which it gets SIGKILL, and the same loop runs until the last
 one is reaped.
+
+Under systemd (Type=notify) the same loop tells systemd what it sees
+(systemd.py): READY=1 once the first generation can serve, RELOADING=1 on
+HUP and READY=1 again when the new generation is up, STOPPING=1 on a stop,
+and the pool's figures as STATUS=, when they change, rate-limited.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from .logs import reopen_files
 from .privileges import Identity, identity_for, switch_to
 from .scoreboard import Scoreboard, SlotState
 from .sockets import Address, cleanup
+from .systemd import Notifier
 from .worker import Worker
 
 _setproctitle: Callable[[str], None] | None
@@ -164,6 +170,9 @@ class Arbiter:
         self._boot_failures = 0  # consecutive workers that died at boot
         self._boot_errors = 0  # ... of which with exit code 3, in a row
         self._spawn_after = 0.0  # crash-storm back-off: no spawn before this time
+        self._notifier = Notifier(None)  # the real one is read from the environment in _setup
+        self._ready_pending = True  # READY=1 is owed once the current generation is up
+        self._ready_sent = False
         self._actions: dict[int, Callable[[], None]] = {
             signal.SIGTERM: lambda: self._begin_stop(GRACEFUL),
             signal.SIGINT: lambda: self._begin_stop(QUICK),
@@ -196,6 +205,7 @@ class Arbiter:
                 if not self._stopping:
                     self._finish_reload()
                     self._adjust_pool(now)
+                    self._notify()
                 self._sleep()
         except StartupError as exc:
             self._exit_code = exc.exit_code
@@ -206,6 +216,7 @@ class Arbiter:
     def _setup(self) -> bool:
         """Everything before the first fork (StartupError if we cannot start);
         True when interrupted before serving."""
+        self._notifier = Notifier.from_environ()  # first: a preloaded app must not see NOTIFY_SOCKET either
         self._remember_socket_files()
         self._identity = identity_for(self.config)
         _set_title(f"wsgi_fcgi: master [{self.label}]")
@@ -276,6 +287,7 @@ class Arbiter:
             return
         if self._stopping is None:
             self._close_listeners()
+            self._notifier.stopping()
         self._stopping = mode
         self._exit_code = self._exit_code or code
         now = time.monotonic()
@@ -301,6 +313,9 @@ class Arbiter:
         else:
             error_log.info("reloading: new workers fork from the app loaded at start "
                            "(--preload); restart the server to load changed code")
+        if self._ready_sent:  # still starting: the READY=1 owed covers the new generation too
+            self._notifier.reloading()
+        self._ready_pending = True  # READY=1 again once the new generation is up (or the old one is back)
         current = self._active()
         for worker in current:
             worker.old = True
@@ -503,6 +518,43 @@ class Arbiter:
             for worker in old:
                 self._retire(worker, "replaced by reload")
 
+    # --- systemd ----------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        """READY=1 when owed and the generation is up; otherwise STATUS= if the figures changed."""
+        if not self._notifier.enabled:
+            return
+        if self._ready_pending and self._generation_up():
+            self._ready_pending = False
+            self._ready_sent = True
+            self._notifier.ready(self._status_text())
+        elif self._ready_sent:  # before the first READY=1 there are no figures worth showing
+            self._notifier.status(self._status_text())
+
+    def _generation_up(self) -> bool:
+        """Every worker the current generation starts with can serve: a static
+        pool at full size; a dynamic one's starting workers; an ondemand pool
+        once the app is known to load (it has no worker at rest). Never during
+        a reload's overlap: the old generation is retired only when this holds."""
+        if any(w.probe or (w.old and not w.stop_reason) for w in self.workers.values()):
+            return False
+        active = self._active()
+        if not all(w.booted for w in active):
+            return False
+        if self.pool == "static":
+            return len(active) >= self.target
+        return bool(active) or self.pool == "ondemand"
+
+    def _status_text(self) -> str:
+        """PHP-FPM's STATUS= line: "workers 4, busy 1, idle 3, requests 120".
+        With --threads a worker is a thread, as on the status page."""
+        serving = [w for w in self.workers.values() if w.threads and not w.stop_reason]
+        total = sum(len(w.threads) for w in serving)
+        busy = sum(len(w.busy) for w in serving)
+        requests = self.scoreboard.pool().retired_requests + sum(
+            state.requests for w in self.workers.values() for state in w.threads)
+        return f"workers {total}, busy {busy}, idle {total - busy}, requests {requests}"
+
     # --- pool sizing ------------------------------------------------------------------
 
     def _active(self) -> list[WorkerProcess]:
@@ -685,6 +737,7 @@ class Arbiter:
         self.workers.clear()
         for sock in self.listeners:
             sock.set_inheritable(False)  # already so; app code may exec, it must not leak them
+        self._notifier.close()  # only the master speaks for the service
 
     def _report(self, message: str) -> None:
         data = f"{os.getpid()}\t{message}".replace("\n", " ")[:3000] + "\n"
@@ -710,7 +763,7 @@ class Arbiter:
         # Only the files we created, and only while they are still ours: a
         # server started while we drain may already have bound the same path.
         for address in self.addresses:
-            if address.is_unix and not address.is_fd:
+            if address.is_unix and not address.is_fd and not address.adopted:  # systemd's stay
                 try:
                     st = os.stat(str(address.target))
                 except OSError:
@@ -784,6 +837,7 @@ class Arbiter:
                 os.close(fd)
         self._wakeup_r = self._wakeup_w = self._report_r = self._report_w = -1
         self._remove_pidfile()
+        self._notifier.close()
         gc.unfreeze()  # serve() may return into a program that goes on
         if self._exit_code == 0:
             error_log.info("master %d: stopped", os.getpid())

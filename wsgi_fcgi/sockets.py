@@ -4,7 +4,10 @@ Strategy: every address a user can write (``unix:PATH``, ``HOST:PORT``,
 ``[IPV6]:PORT``, ``fd://N``) is parsed once into an ``Address``; binding and
 connecting both start from it. A web server that spawns us (mod_fcgid,
 lighttpd ``bin-path``, spawn-fcgi) hands over a listening socket as fd 0
-(FCGI_LISTENSOCK_FILENO); ``inherited_listener`` detects it.
+(FCGI_LISTENSOCK_FILENO); ``inherited_listener`` detects it. systemd's socket
+activation hands over fds 3 and up (systemd.py finds them);
+``adopt_activated`` makes each a socket and an Address marked ``adopted``:
+systemd owns it, so its socket file is never removed here.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Address(NamedTuple):
     # unix: the path; inet: (host, port); fd: the descriptor number
     target: str | tuple[str, int] | int
     spec: str
+    adopted: bool = False  # passed by systemd (socket activation): its socket file is systemd's to remove
 
     @property
     def is_unix(self) -> bool:
@@ -148,6 +152,47 @@ def adopt_fd(fd: int) -> socket.socket:
     return sock
 
 
+def adopt_activated(fd: int, name: str = "") -> tuple[socket.socket, Address]:
+    """A socket systemd passed (socket activation) and its Address, read from
+    the socket itself. Only a listening stream socket will do: FastCGI is a
+    byte stream (not ListenDatagram=), and the master and its workers accept
+    connections themselves (not Accept=yes, which passes one connection)."""
+    label = f"fd {fd}" + (f" ({name})" if name else "") + " from systemd"  # for the errors
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise AddressError(f"{label} is not a socket: {exc.strerror or exc}") from None
+    try:
+        address = _activated_address(sock, label, f"systemd fd {fd}" + (f", {name}" if name else ""))
+    except AddressError:
+        sock.detach()  # not ours to close: the message says what is wrong with it
+        raise
+    sock.set_inheritable(False)  # app code may exec: the listener must not leak into it
+    return sock, address
+
+
+def _activated_address(sock: socket.socket, label: str, origin: str) -> Address:
+    if sock.type != socket.SOCK_STREAM:
+        kind = {socket.SOCK_DGRAM: "a datagram socket (ListenDatagram=)",
+                socket.SOCK_SEQPACKET: "a sequential-packet socket (ListenSequentialPacket=)"}.get(
+                    sock.type, "not a stream socket")
+        raise AddressError(f"{label} is {kind}: FastCGI needs a stream socket, use ListenStream= in the "
+                           ".socket unit")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise AddressError(f"{label} is a connected socket, not a listening one: the .socket unit has "
+                           "Accept=yes; wsgi_fcgi accepts connections itself, use Accept=no (the default)")
+    bound = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        path = os.fsdecode(bound) if isinstance(bound, bytes) else str(bound)
+        shown = "@" + path[1:] if path.startswith("\0") else path
+        return Address(socket.AF_UNIX, path, f"unix:{shown} ({origin})", adopted=True)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host, port = bound[0], int(bound[1])
+        shown = f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+        return Address(sock.family, (host, port), f"{shown} ({origin})", adopted=True)
+    raise AddressError(f"{label} is a socket of family {sock.family!r}: wsgi_fcgi listens on unix and TCP sockets")
+
+
 def fd0_is_listening() -> bool:
     """Whether fd 0 is a listening socket (a web server spawned us for FastCGI),
     looked at through a duplicate, without adopting it.
@@ -193,8 +238,8 @@ def connect(address: Address, timeout: float | None = None) -> socket.socket:
 
 
 def cleanup(address: Address) -> None:
-    """Remove the socket file we created (on a clean stop)."""
-    if address.is_unix and not address.is_fd:
+    """Remove the socket file we created (on a clean stop); never systemd's."""
+    if address.is_unix and not address.is_fd and not address.adopted:
         try:
             os.unlink(address.target)  # type: ignore[arg-type]
         except FileNotFoundError:

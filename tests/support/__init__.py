@@ -15,6 +15,8 @@ front of it, and a small streaming HTTP client.
   set, a worker asleep in epoll_wait).
 - ``support.ci``: ``missing()``, a skip on a developer's machine and a
   failure where CI is set.
+- ``support.units``: ``unit_section``, a section of a systemd unit file in
+  examples/systemd/ as {key: [values]}.
 
 Fixtures that wrap these live in ``tests/conftest.py``.
 """
