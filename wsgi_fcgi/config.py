@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from typing import Any, NamedTuple
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .logs import DEFAULT_ACCESS_FORMAT
 
@@ -128,6 +128,40 @@ def _script_name(value: Any) -> str | None:
     return text.rstrip("/")
 
 
+def _environment(value: Any) -> dict[str, str]:
+    """--env: ``KEY=VALUE`` strings (repeated on the command line, a list in a
+    config file) or a dict (``serve(app, env={...})``, a config file)."""
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        pairs = [_key_value(item) for item in ([value] if isinstance(value, str) else value)]
+    for key, text in pairs:
+        _check_variable(key, text)
+    return dict(pairs)
+
+
+def _key_value(item: Any) -> tuple[str, str]:
+    if not isinstance(item, str):
+        raise ValueError(f"{item!r} is not a KEY=VALUE string")
+    key, equals, text = item.partition("=")
+    if not equals:
+        raise ValueError(f"{item!r} is not KEY=VALUE (no '=')")
+    return key, text
+
+
+def _check_variable(key: Any, text: Any) -> None:
+    # What execve(2) and os.environ cannot carry: a name that is empty or holds
+    # '=' (the separator), a NUL (the terminator) anywhere.
+    if not isinstance(key, str) or not isinstance(text, str):
+        raise ValueError(f"{key!r}: {text!r}: names and values must be strings")
+    if not key:
+        raise ValueError(f"'={text}': the name is empty")
+    if "=" in key:
+        raise ValueError(f"the name {key!r} contains '='")
+    if "\0" in key or "\0" in text:
+        raise ValueError(f"{key!r} contains a NUL character")
+
+
 def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -210,6 +244,11 @@ SETTINGS: list[Setting] = [
             metavar="PREFIX", section="application"),
     Setting("chdir", ("--chdir",), _optional_str, None,
             "Change to this directory before loading the app.", metavar="DIR", section="application"),
+    Setting("env", ("--env",), _environment, None,
+            "Set an environment variable for the app, KEY=VALUE (repeatable), before it is imported: in the "
+            "master and every worker, on fd 0 and under CGI (where the request's own variables keep the "
+            "values the web server set). A config file may give a dict.",
+            metavar="KEY=VALUE", section="application", repeatable=True),
     Setting("preload", ("--preload",), _bool, False,
             "Load the app in the master before forking workers (shared memory, slower reloads).",
             section="application", is_flag=True),

@@ -60,6 +60,7 @@ def cgi_variables(path: str = "/", query: str = "") -> dict[str, str]:
 
 
 def _listener(path: Path) -> socket.socket:
+    path.unlink(missing_ok=True)  # left by the previous run in the same test
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(4)
