@@ -31,6 +31,10 @@ APPS_DIR = Path(__file__).resolve().parent / "apps"
     ("env", {"A=B": "1"}, "--env: the name 'A=B' contains '='"),
     ("env", "A=x\0y", "--env: 'A' contains a NUL character"),
     ("env", {"A": 1}, "--env: 'A': 1: names and values must be strings"),
+    ("rlimit_nofile", "10", "--rlimit-nofile: 10 is less than 64"),
+    ("rlimit_nofile", "unlimited", "--rlimit-nofile: 'unlimited' is not a whole number"),
+    ("rlimit_core", "-1", "--rlimit-core: -1 is less than 0"),
+    ("rlimit_core", "big", "--rlimit-core: 'big' is not a whole number"),
 ])
 def test_bad_values_name_the_flag(name: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

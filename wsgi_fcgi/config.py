@@ -24,6 +24,8 @@ class ConfigError(ValueError):
 Parser = Callable[[Any], Any]
 
 MAX_THREADS = 1024  # per worker: far past any useful figure, and it bounds the scoreboard
+MIN_NOFILE = 64  # below this the server's own descriptors (sockets, epoll, pipes, logs) leave the app none
+UNLIMITED = "unlimited"  # a resource limit of RLIM_INFINITY, as ulimit and systemd spell it
 
 
 def _int_at_least(minimum: int) -> Parser:
@@ -56,6 +58,14 @@ def _seconds(value: Any) -> float:
         raise ValueError(f"{value!r} is not a number of seconds") from None
     if number < 0 or number != number:
         raise ValueError(f"{value!r} must be zero or more seconds")
+    return number
+
+
+def _size_or_unlimited(value: Any) -> int | str:
+    """A resource limit: a whole number, or ``unlimited`` (also ``infinity``, systemd's word)."""
+    if str(value).strip().lower() in (UNLIMITED, "infinity"):
+        return UNLIMITED
+    number: int = _int_at_least(0)(value)
     return number
 
 
@@ -351,6 +361,13 @@ SETTINGS: list[Setting] = [
             "Run the app as root (e.g. in a container whose only user is root). Without it, and without "
             "--user, a server started as root refuses to start.",
             section="process", is_flag=True),
+    Setting("rlimit_nofile", ("--rlimit-nofile",), _int_at_least(MIN_NOFILE), None,
+            "Open files the server and the app may hold (RLIMIT_NOFILE's soft limit), set in the master "
+            "before it forks workers. Above the hard limit only a server started as root can go; otherwise "
+            "it refuses to start. Default: inherited (ulimit -n).", metavar="N", section="process"),
+    Setting("rlimit_core", ("--rlimit-core",), _size_or_unlimited, None,
+            "Largest core dump in bytes, or unlimited (RLIMIT_CORE's soft limit), set as --rlimit-nofile. "
+            "0 turns core dumps off. Default: inherited (ulimit -c).", metavar="BYTES", section="process"),
     # --- CGI (cgi.py)
     Setting("mode", ("--mode",), _choice("auto", "fastcgi", "cgi"), "auto",
             "How requests arrive. auto: FastCGI on --bind or on the listening socket a web server left "
