@@ -35,6 +35,8 @@ APPS_DIR = Path(__file__).resolve().parent / "apps"
     ("rlimit_nofile", "unlimited", "--rlimit-nofile: 'unlimited' is not a whole number"),
     ("rlimit_core", "-1", "--rlimit-core: -1 is less than 0"),
     ("rlimit_core", "big", "--rlimit-core: 'big' is not a whole number"),
+    ("max_worker_memory", "-1", "--max-worker-memory: -1 is less than 0"),
+    ("max_worker_memory", "256M", "--max-worker-memory: '256M' is not a whole number"),
 ])
 def test_bad_values_name_the_flag(name: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -45,6 +47,12 @@ def test_env_takes_key_value_strings_or_a_dict() -> None:
     assert Config(env=["A=1", "B=x=y", "C="]).env == {"A": "1", "B": "x=y", "C": ""}
     assert Config(env="A=1").env == {"A": "1"}
     assert Config(env={"A": "1"}).env == {"A": "1"}  # serve(app, env={...}), a config file
+
+
+def test_rlimit_core_takes_unlimited_as_ulimit_and_systemd_spell_it() -> None:
+    assert Config(rlimit_core="unlimited").rlimit_core == "unlimited"
+    assert Config(rlimit_core="infinity").rlimit_core == "unlimited"
+    assert Config(rlimit_core="0").rlimit_core == 0
 
 
 def test_unknown_setting_is_refused() -> None:

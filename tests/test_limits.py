@@ -18,9 +18,11 @@ a state with wait_for, and no test asserts on time.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ from typing import Any
 import pytest
 
 from support.modes import APPS_DIR, MODES, as_nobody, one_error_line, one_request, run_to_exit
+from support.processes import WsgiFcgiServer
+from support.waiting import wait_for
+from wsgi_fcgi.client import Client
 from wsgi_fcgi.limits import RLIMITS, set_soft_limit
 
 APP = "limits_app:app"
@@ -92,10 +97,13 @@ def test_under_cgi_env_is_the_app_s_not_the_request_s(tmp_path: Path) -> None:
     assert serve_once("cgi", tmp_path, ["--env", "APP_ONLY=1"], "/env", "name=APP_ONLY") == "1 -"
 
 
-def test_check_config_shows_env() -> None:
-    result = check_config("--env", "A=1", "--env", "B=two words")
+def test_check_config_shows_every_new_setting() -> None:
+    result = check_config("--env", "A=1", "--env", "B=two words", "--rlimit-nofile", "1000", "--rlimit-core", "0",
+                          "--max-worker-memory", "256")
     assert result.returncode == 0, result.stderr
-    assert "env = {'A': '1', 'B': 'two words'}" in result.stdout.splitlines()
+    for line in ("env = {'A': '1', 'B': 'two words'}", "rlimit_nofile = 1000", "rlimit_core = 0",
+                 "max_worker_memory = 256"):
+        assert line in result.stdout.splitlines()
 
 
 # --- --rlimit-nofile, --rlimit-core -------------------------------------------------
@@ -169,3 +177,103 @@ def test_check_config_refuses_a_limit_it_cannot_have() -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == REFUSAL
     assert "rlimit_nofile = 1048576" in result.stdout.splitlines()
+
+
+# --- --max-worker-memory -------------------------------------------------------------
+
+LIMIT_MIB = 64
+REPLACED = re.compile(r"worker \d+ \(pid (\d+)\) uses (\d+) MiB RSS, above --max-worker-memory "
+                      rf"{LIMIT_MIB}: replacing it")
+
+
+@pytest.fixture
+def leaky(wsgi_server: Callable[..., WsgiFcgiServer]) -> Callable[[int], WsgiFcgiServer]:
+    """``leaky(threads)``: limits_app, one worker, --max-worker-memory LIMIT_MIB."""
+    def start(threads: int) -> WsgiFcgiServer:
+        return wsgi_server(APP, "--workers", "1", "--threads", str(threads), "--max-worker-memory",
+                           str(LIMIT_MIB), pythonpath=[APPS_DIR])
+    return start
+
+
+def get(server: WsgiFcgiServer, uri: str) -> str:
+    """The body of a request that must succeed: any failure fails the test at once."""
+    response = Client(server.address, timeout=30).request(uri)
+    assert response.status == 200, response
+    return response.body.decode()
+
+
+def served_by(server: WsgiFcgiServer) -> int:
+    return int(get(server, "/").rsplit(" ", 1)[1])
+
+
+def replacement(server: WsgiFcgiServer, old: int) -> int:
+    """Wait, requests succeeding all along, for a worker other than ``old`` to answer."""
+    return wait_for(lambda: (pid := served_by(server)) != old and pid, timeout=20, what="a new worker")
+
+
+def logged_replacement(server: WsgiFcgiServer) -> tuple[int, int]:
+    """(pid, MiB) of the first replacement the master logged."""
+    match = wait_for(lambda: REPLACED.search(server.stderr_text()), timeout=20, what="the replacement logged")
+    return int(match[1]), int(match[2])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_worker_that_grows_past_the_limit_is_replaced_and_no_request_fails(
+        leaky: Callable[[int], WsgiFcgiServer], threads: int) -> None:
+    server = leaky(threads)
+    first = served_by(server)
+    for _ in range(40):  # 8 MiB kept per request, until past the limit
+        pid, rss = map(int, get(server, "/leak?mib=8").split())
+        if rss > LIMIT_MIB or pid != first:
+            break
+    else:
+        pytest.fail(f"40 leaking requests did not take the worker past {LIMIT_MIB} MiB")
+    assert replacement(server, first) != first
+    pid, mib = logged_replacement(server)
+    assert pid == first and mib > LIMIT_MIB
+    assert "did not exit in time" not in server.stderr_text()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_worker_past_the_limit_finishes_its_request_first(
+        leaky: Callable[[int], WsgiFcgiServer], threads: int, tmp_path: Path) -> None:
+    server = leaky(threads)
+    first = served_by(server)
+    held: dict[str, str] = {}
+    uri = f"/leak?mib={LIMIT_MIB}&hold={tmp_path}"
+    request = threading.Thread(target=lambda: held.update(body=get(server, uri)))
+    request.start()
+    try:
+        wait_for((tmp_path / "started").exists, what="the leaking request to start")
+        # Past the limit in the middle of a request: the master decides now...
+        assert logged_replacement(server)[0] == first
+        # ... and a new worker serves while the old one still holds its request.
+        assert replacement(server, first) != first
+        assert request.is_alive()
+    finally:
+        (tmp_path / "go").touch()
+        request.join(30)
+    assert held["body"].split()[0] == str(first)  # answered in full by the worker that was replaced
+    wait_for(lambda: not os.path.exists(f"/proc/{first}"), what=f"worker {first} to exit and be reaped")
+    assert "did not exit in time" not in server.stderr_text()
+
+
+def test_no_limit_no_replacement(wsgi_server: Callable[..., WsgiFcgiServer]) -> None:
+    server = wsgi_server(APP, "--workers", "1", pythonpath=[APPS_DIR])
+    first = served_by(server)
+    get(server, f"/leak?mib={LIMIT_MIB * 2}")
+    assert served_by(server) == first
+    assert "--max-worker-memory" not in server.stderr_text()
+
+
+def test_a_limit_below_what_the_app_starts_with_is_said_once(wsgi_server: Callable[..., WsgiFcgiServer]) -> None:
+    server = wsgi_server(APP, "--workers", "1", "--max-worker-memory", "1", pythonpath=[APPS_DIR])
+    wait_for(lambda: "before serving a request" in server.stderr_text(), what="the warning")
+    first = served_by(server)  # an idle worker over the limit is not replaced in a loop of boots...
+    replacement(server, first)  # ... but after a request, like any other
+    assert server.stderr_text().count("before serving a request") == 1
+
+
+def test_on_fd0_there_is_no_master_to_apply_it(tmp_path: Path) -> None:
+    assert serve_once("fd0", tmp_path, ["--max-worker-memory", "64"], "/").startswith("hello from")
+    assert "--max-worker-memory is the master's" in (tmp_path / "fd0.stderr").read_text()

@@ -212,6 +212,9 @@ def _serve_in_process(config: Config, listeners: list[Any], app: Callable[..., A
     if app is None:
         assert app_spec is not None
         app = load_app_at_startup(app_spec)
+    if config.max_worker_memory:
+        error_log.warning("--max-worker-memory is the master's: spawned on fd 0 there is none, the web server "
+                          "manages the processes (mod_fcgid: FcgidMaxRequestsPerProcess); ignored")
     if config.threads > 1:
         error_log.info("--threads %d on the socket a web server left on fd 0: Apache mod_fcgid sends one "
                        "request at a time to each process it spawns, so there threads bring nothing "

@@ -295,6 +295,13 @@ SETTINGS: list[Setting] = [
     Setting("max_requests_jitter", ("--max-requests-jitter",), _int_at_least(0), 0,
             "Add a random 0..J to --max-requests per worker, so workers do not restart together.",
             metavar="J", section="workers"),
+    Setting("max_worker_memory", ("--max-worker-memory",), _int_at_least(0), 0,
+            "Replace a worker whose resident memory (RSS) passes this many MiB, once it has finished the "
+            "request in hand (0 = never); the master checks about once a second. RSS rather than USS: one "
+            "cheap read of /proc/PID/statm however large the worker, and what uWSGI's reload-on-rss uses. "
+            "It includes pages a worker shares with the master (--preload, libraries), so set it above an "
+            "idle worker's RSS (the status page's memory_rss_bytes) by the growth you allow.",
+            metavar="MIB", section="workers"),
     # --- connections and limits
     Setting("read_timeout", ("--read-timeout",), _seconds, 30.0,
             "Close a connection whose peer sends nothing, or takes none of the response, for this long in the "

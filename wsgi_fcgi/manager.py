@@ -15,6 +15,22 @@
 # (with which request, since when). That is what the request timeout, the
 # dynamic and ondemand pools and the zero-downtime reload are decided on.
 #
+# --max-worker-memory is decided here too, on the same tick: one read of each
+# worker's /proc/PID/statm (limits.resident_bytes), nothing in the worker and
+# nothing per request, and a worker over the limit is retired like any other
+# (TERM: it finishes the request in hand, then exits; a new one starts now).
+# The figure is RSS, not USS (private memory, from smaps_rollup). Reading RSS
+# costs the same for any size; smaps_rollup walks the worker's page tables
+# under its memory map lock, milliseconds for a large worker, contending with
+# its own allocations. And RSS is the figure that moves with a leak and only
+# with it: a page a preloaded worker shares with the master and then writes
+# (copy-on-write: reference counts, the GC) turns from shared to private, so
+# USS grows without a byte more in use, while it was resident -- counted in
+# RSS -- all along. The price is an offset: RSS counts the shared pages in
+# every worker, so the limit must sit above an idle worker's RSS (the status
+# page shows it), not above its share of the pool's memory. uWSGI's
+# reload-on-rss makes the same choice.
+#
 # Stopping is not a second loop: a stop signals every worker, gives each a
 # deadline after which it gets SIGKILL, and the same loop runs until the last
 # one is reaped.
@@ -36,6 +52,7 @@ from collections.abc import Callable, Sequence
 
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, StartupError
 from .config import Config
+from .limits import MIB, resident_bytes
 from .loader import AppLoadError, load_app, load_app_at_startup
 from .logs import reopen_files
 from .privileges import Identity, identity_for, switch_to
@@ -144,6 +161,9 @@ class Arbiter:
                                      threads=self.threads)
         self._saturated = False  # every worker busy at the last look (for max_workers_reached)
         self._slow_after = config.slow_request_timeout
+        self._memory_limit = config.max_worker_memory * MIB  # 0: off
+        self._next_memory_check = 0.0
+        self._memory_limit_too_low = False  # said once: workers pass the limit at boot
         self._free_slots = list(range(self.scoreboard.size - 1, -1, -1))
         self._signals: list[int] = []
         self._old_handlers: dict[int, Any] = {}
@@ -192,6 +212,7 @@ class Arbiter:
                 self._kill_overdue(now)
                 if not self._stopping:
                     self._finish_reload()
+                    self._check_memory(now)  # before sizing: the replacement starts in this pass
                     self._adjust_pool(now)
                 self._sleep()
         except StartupError as exc:
@@ -492,6 +513,29 @@ class Arbiter:
                         "requests get up to %gs", worker.pid, timeout, request or "a request",
                         self.config.graceful_timeout)
         self._stop_worker(worker, "timeout", signal.SIGABRT, grace=self.config.graceful_timeout)
+
+    def _check_memory(self, now: float) -> None:
+        """--max-worker-memory: retire each worker whose RSS is above the limit,
+        looked at once a tick (the loop also turns faster, while workers boot)."""
+        if not self._memory_limit or now < self._next_memory_check:
+            return
+        self._next_memory_check = now + TICK
+        for worker in self._serving():
+            rss = resident_bytes(worker.pid)
+            if rss is None or rss <= self._memory_limit:
+                continue
+            figures = (worker.slot, worker.pid, rss // MIB, self.config.max_worker_memory)
+            if worker.busy or any(state.requests for state in worker.threads):
+                error_log.warning("worker %d (pid %d) uses %d MiB RSS, above --max-worker-memory %d: "
+                                  "replacing it", *figures)
+                self._retire(worker, "memory limit")
+            elif not self._memory_limit_too_low:
+                # Above the limit before any request: replaced now, its successor would be
+                # too, in a loop of boots. Say so once; each is replaced after a request.
+                self._memory_limit_too_low = True
+                error_log.warning("worker %d (pid %d) uses %d MiB RSS before serving a request, above "
+                                  "--max-worker-memory %d: every worker will be replaced after its first "
+                                  "request; raise the limit above what the app needs to start", *figures)
 
     def _finish_reload(self) -> None:
         """Retire the old generation once every new worker has booted."""
