@@ -162,7 +162,7 @@ def run(config: Config, *, app: Callable[..., Any] | None = None, app_spec: str 
 
 def _start(config: Config, app: Callable[..., Any] | None, app_spec: str | None) -> int:
     """Every mode's start-up, in order: logs, the mode, the root rule, umask,
-    --chdir, --env; then CGI, the single process on fd 0, or the master."""
+    --chdir, --env and --rlimit-*; then CGI, the single process on fd 0, or the master."""
     try:
         setup_logging(config.log_level, config.error_logfile, config.access_logfile)
     except OSError as exc:

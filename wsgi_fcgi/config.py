@@ -370,8 +370,9 @@ SETTINGS: list[Setting] = [
             section="process", is_flag=True),
     Setting("rlimit_nofile", ("--rlimit-nofile",), _int_at_least(MIN_NOFILE), None,
             "Open files the server and the app may hold (RLIMIT_NOFILE's soft limit), set in the master "
-            "before it forks workers. Above the hard limit only a server started as root can go; otherwise "
-            "it refuses to start. Default: inherited (ulimit -n).", metavar="N", section="process"),
+            "before it forks workers (on fd 0 and under CGI: before the app loads). Above the hard limit only "
+            "a privileged server (root with CAP_SYS_RESOURCE) can go; otherwise it refuses to start. "
+            "Default: inherited (ulimit -n).", metavar="N", section="process"),
     Setting("rlimit_core", ("--rlimit-core",), _size_or_unlimited, None,
             "Largest core dump in bytes, or unlimited (RLIMIT_CORE's soft limit), set as --rlimit-nofile. "
             "0 turns core dumps off. Default: inherited (ulimit -c).", metavar="BYTES", section="process"),
