@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from support.modes import APPS_DIR, MODES, as_nobody, one_error_line, one_request, run_to_exit
+from support import REPO_ROOT
+from support.modes import APPS_DIR, MODES, as_nobody, cgi_variables, one_error_line, one_request, run_to_exit
 from support.processes import WsgiFcgiServer
 from support.waiting import wait_for
 from wsgi_fcgi.client import Client
@@ -95,6 +96,19 @@ def test_under_cgi_env_is_the_app_s_not_the_request_s(tmp_path: Path) -> None:
                                    "/env", "name=PATH_INFO").split(" ")
     assert (imported, request) == ("/forged", "/env")
     assert serve_once("cgi", tmp_path, ["--env", "APP_ONLY=1"], "/env", "name=APP_ONLY") == "1 -"
+
+
+def test_serve_takes_env_as_a_dict(tmp_path: Path) -> None:
+    # A dispatch.fcgi imported the app before serve() ran: the variables are there from then on.
+    script = tmp_path / "dispatch.fcgi"
+    script.write_text("from wsgi_fcgi import serve\nfrom limits_app import app\n"
+                      f"serve(app, env={{'GREETING': 'from serve'}}, allow_root={os.geteuid() == 0})\n")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join([str(APPS_DIR), str(REPO_ROOT)]),
+           **cgi_variables("/env-now", "name=GREETING")}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.endswith(b"\r\n\r\nfrom serve")
 
 
 def test_check_config_shows_every_new_setting() -> None:

@@ -2,6 +2,7 @@
 
 - ``/env?name=X``      X as os.environ had it when this module was imported
                        (``-`` if unset), then as the request's environ has it
+- ``/env-now?name=X``  X as os.environ has it now
 - ``/rlimits``         "nofile SOFT HARD core SOFT HARD" of the serving process
 - ``/leak?mib=N``      keeps N MiB more for good (a leak, on purpose); answers
                        "<pid> <RSS MiB>"; ``&hold=DIR`` then creates DIR/started and
@@ -39,6 +40,8 @@ def _answer(environ, query):
     if path == "/env":
         name = query["name"]
         return f"{IMPORTED_WITH.get(name, '-')} {environ.get(name, '-')}"
+    if path == "/env-now":
+        return os.environ.get(query["name"], "-")
     if path == "/rlimits":
         return " ".join(f"{label} {soft} {hard}" for label, (soft, hard) in (
             ("nofile", resource.getrlimit(resource.RLIMIT_NOFILE)),
