@@ -27,10 +27,33 @@ APPS_DIR = Path(__file__).resolve().parent / "apps"
     ("script_name", "app", "--script-name: 'app' must start with '/'"),
     ("allowed_addr", "10.0.0.300", "--allowed-addr: '10.0.0.300' is not an IP address"),
     ("user", "no-such-user-here", "--user: no user named"),
+    ("env", "NO_EQUALS", "--env: 'NO_EQUALS' is not KEY=VALUE"),
+    ("env", ["A=1", "=value"], "--env: '=value': the name is empty"),
+    ("env", {"A=B": "1"}, "--env: the name 'A=B' contains '='"),
+    ("env", "A=x\0y", "--env: 'A' contains a NUL character"),
+    ("env", {"A": 1}, "--env: 'A': 1: names and values must be strings"),
+    ("rlimit_nofile", "10", "--rlimit-nofile: 10 is less than 64"),
+    ("rlimit_nofile", "unlimited", "--rlimit-nofile: 'unlimited' is not a whole number"),
+    ("rlimit_core", "-1", "--rlimit-core: -1 is less than 0"),
+    ("rlimit_core", "big", "--rlimit-core: 'big' is not a whole number"),
+    ("max_worker_memory", "-1", "--max-worker-memory: -1 is less than 0"),
+    ("max_worker_memory", "256M", "--max-worker-memory: '256M' is not a whole number"),
 ])
-def test_bad_values_name_the_flag(name: str, value: str, message: str) -> None:
+def test_bad_values_name_the_flag(name: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Config(**{name: value})
+
+
+def test_env_takes_key_value_strings_or_a_dict() -> None:
+    assert Config(env=["A=1", "B=x=y", "C="]).env == {"A": "1", "B": "x=y", "C": ""}
+    assert Config(env="A=1").env == {"A": "1"}
+    assert Config(env={"A": "1"}).env == {"A": "1"}  # serve(app, env={...}), a config file
+
+
+def test_rlimit_core_takes_unlimited_as_ulimit_and_systemd_spell_it() -> None:
+    assert Config(rlimit_core="unlimited").rlimit_core == "unlimited"
+    assert Config(rlimit_core="infinity").rlimit_core == "unlimited"
+    assert Config(rlimit_core="0").rlimit_core == 0
 
 
 def test_unknown_setting_is_refused() -> None:

@@ -38,7 +38,10 @@ What a CGI script must get right, and how:
 * httpoxy: a client's ``Proxy:`` header arrives as HTTP_PROXY in the process
   environment, where urllib, requests and child processes would take it for
   a proxy setting: it is dropped from the environ and deleted from
-  ``os.environ`` before the app is loaded.
+  ``os.environ`` before the app is loaded (unless the operator set
+  HTTP_PROXY for the app with ``--env``, which overrides the client's).
+* ``--env``: the app's variables go into ``os.environ``, not into the
+  request's environ, which is the environment as the server set it.
 * the exit status is FastCGI's appStatus, which the spec models on it: 0 for
   a complete response, 1 otherwise (the 500 page after an app error, a cut
   response, a client gone).
@@ -289,26 +292,31 @@ def _take_over_streams() -> tuple[int, int]:
     return stdin_fd, stdout_fd
 
 
-def serve_cgi(config: Config, app: Callable[..., Any] | None, app_spec: str | None) -> int:
+def serve_cgi(config: Config, app: Callable[..., Any] | None, app_spec: str | None,
+              request: Mapping[str, str]) -> int:
     """Serve the one CGI request of this process; returns the exit status.
+    ``request`` is the environment the web server set, taken before --env
+    added the app's variables: those are the app's, not the request's, and a
+    request variable keeps the server's value.
     A failure before the app runs is the generic 500 for the client and a
     StartupError for the command line to print (one line on stderr)."""
     stdin_fd, stdout_fd = _take_over_streams()
-    os.environ.pop("HTTP_PROXY", None)  # httpoxy, before the app's own code runs
+    if "HTTP_PROXY" not in (config.env or {}):  # httpoxy, before the app's own code runs
+        os.environ.pop("HTTP_PROXY", None)  # (one the operator set with --env is the app's own)
     try:
         switch_to(identity_for(config))
         if app is None:
             assert app_spec is not None
             app = load_app_at_startup(app_spec)
     except StartupError:
-        _answer_500(stdin_fd, stdout_fd)
+        _answer_500(request, stdin_fd, stdout_fd)
         raise
-    return serve_request(app, os.environ, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
+    return serve_request(app, request, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
                          script_name=config.script_name, limit_request_body=config.limit_request_body)
 
 
-def _answer_500(stdin_fd: int, stdout_fd: int) -> None:
-    channel = _channel(environ_pairs(os.environ), stdin_fd, stdout_fd)
+def _answer_500(request: Mapping[str, str], stdin_fd: int, stdout_fd: int) -> None:
+    channel = _channel(environ_pairs(request), stdin_fd, stdout_fd)
     try:
         channel.write(ERROR_500)
     except ClientDisconnected:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from . import __version__
 from .config import SETTINGS_BY_NAME, Config, ConfigError, add_arguments, default_workers, load_config_file
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_USAGE, StartupError
+from .limits import prepare_process
 from .loader import AppLoadError, load_app, load_app_at_startup
 from .logs import error_log, setup_logging
 from .privileges import identity_for, root_refusal, socket_owner, switch_to
@@ -117,6 +118,11 @@ def check_config(config: Config, app_spec: str) -> int:
         print(f"# listen: {address}")
         sock.detach()  # systemd's socket: leave the descriptor as it was passed
     try:
+        prepare_process(config)  # what the app will be imported with, and whether it can be had
+    except StartupError as exc:
+        fail(exc.reason)
+        return exc.exit_code
+    try:
         load_app(app_spec)
     except AppLoadError as exc:
         fail(f"cannot load the app: {exc}")
@@ -183,8 +189,8 @@ def run(config: Config, *, app: Callable[..., Any] | None = None, app_spec: str 
 
 
 def _start(config: Config, app: Callable[..., Any] | None, app_spec: str | None) -> int:
-    """Every mode's start-up, in order: logs, the mode, the root rule, umask and
-    --chdir; then CGI, the single process on fd 0, or the master."""
+    """Every mode's start-up, in order: logs, the mode, the root rule, umask,
+    --chdir, --env and --rlimit-*; then CGI, the single process on fd 0, or the master."""
     try:
         setup_logging(config.log_level, config.error_logfile, config.access_logfile)
     except OSError as exc:
@@ -208,10 +214,12 @@ def _start(config: Config, app: Callable[..., Any] | None, app_spec: str | None)
             os.chdir(config.chdir)
         except OSError as exc:
             raise StartupError(f"--chdir {config.chdir}: {exc.strerror}", EXIT_BOOT_ERROR) from None
+    request = dict(os.environ) if mode == "cgi" else {}  # a CGI request's variables, before --env adds the app's
+    prepare_process(config)  # before the app is imported and before any fork: every mode, every worker
     if mode == "cgi":
         from .cgi import serve_cgi
 
-        return serve_cgi(config, app, app_spec)
+        return serve_cgi(config, app, app_spec, request)
     try:
         listeners, addresses, on_fd0 = open_listeners(config)
     except AddressError as exc:
@@ -232,6 +240,9 @@ def _serve_in_process(config: Config, listeners: list[Any], app: Callable[..., A
     if app is None:
         assert app_spec is not None
         app = load_app_at_startup(app_spec)
+    if config.max_worker_memory:
+        error_log.warning("--max-worker-memory is the master's: spawned on fd 0 there is none, the web server "
+                          "manages the processes (mod_fcgid: FcgidMaxRequestsPerProcess); ignored")
     if config.threads > 1:
         error_log.info("--threads %d on the socket a web server left on fd 0: Apache mod_fcgid sends one "
                        "request at a time to each process it spawns, so there threads bring nothing "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 from typing import Any, NamedTuple
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .logs import DEFAULT_ACCESS_FORMAT
 
@@ -27,6 +27,8 @@ class ConfigError(ValueError):
 Parser = Callable[[Any], Any]
 
 MAX_THREADS = 1024  # per worker: far past any useful figure, and it bounds the scoreboard
+MIN_NOFILE = 64  # below this the server's own descriptors (sockets, epoll, pipes, logs) leave the app none
+UNLIMITED = "unlimited"  # a resource limit of RLIM_INFINITY, as ulimit and systemd spell it
 
 
 def _int_at_least(minimum: int) -> Parser:
@@ -59,6 +61,14 @@ def _seconds(value: Any) -> float:
         raise ValueError(f"{value!r} is not a number of seconds") from None
     if number < 0 or number != number:
         raise ValueError(f"{value!r} must be zero or more seconds")
+    return number
+
+
+def _size_or_unlimited(value: Any) -> int | str:
+    """A resource limit: a whole number, or ``unlimited`` (also ``infinity``, systemd's word)."""
+    if str(value).strip().lower() in (UNLIMITED, "infinity"):
+        return UNLIMITED
+    number: int = _int_at_least(0)(value)
     return number
 
 
@@ -129,6 +139,40 @@ def _script_name(value: Any) -> str | None:
     if text and not text.startswith("/"):
         raise ValueError(f"{text!r} must start with '/' (or be empty for the root)")
     return text.rstrip("/")
+
+
+def _environment(value: Any) -> dict[str, str]:
+    """--env: ``KEY=VALUE`` strings (repeated on the command line, a list in a
+    config file) or a dict (``serve(app, env={...})``, a config file)."""
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        pairs = [_key_value(item) for item in ([value] if isinstance(value, str) else value)]
+    for key, text in pairs:
+        _check_variable(key, text)
+    return dict(pairs)
+
+
+def _key_value(item: Any) -> tuple[str, str]:
+    if not isinstance(item, str):
+        raise ValueError(f"{item!r} is not a KEY=VALUE string")
+    key, equals, text = item.partition("=")
+    if not equals:
+        raise ValueError(f"{item!r} is not KEY=VALUE (no '=')")
+    return key, text
+
+
+def _check_variable(key: Any, text: Any) -> None:
+    # What execve(2) and os.environ cannot carry: a name that is empty or holds
+    # '=' (the separator), a NUL (the terminator) anywhere.
+    if not isinstance(key, str) or not isinstance(text, str):
+        raise ValueError(f"{key!r}: {text!r}: names and values must be strings")
+    if not key:
+        raise ValueError(f"'={text}': the name is empty")
+    if "=" in key:
+        raise ValueError(f"the name {key!r} contains '='")
+    if "\0" in key or "\0" in text:
+        raise ValueError(f"{key!r} contains a NUL character")
 
 
 def _optional_str(value: Any) -> str | None:
@@ -214,6 +258,11 @@ SETTINGS: list[Setting] = [
             metavar="PREFIX", section="application"),
     Setting("chdir", ("--chdir",), _optional_str, None,
             "Change to this directory before loading the app.", metavar="DIR", section="application"),
+    Setting("env", ("--env",), _environment, None,
+            "Set an environment variable for the app, KEY=VALUE (repeatable), before it is imported: in the "
+            "master and every worker, on fd 0 and under CGI (where the request's own variables keep the "
+            "values the web server set). A config file may give a dict.",
+            metavar="KEY=VALUE", section="application", repeatable=True),
     Setting("preload", ("--preload",), _bool, False,
             "Load the app in the master before forking workers (shared memory, slower reloads).",
             section="application", is_flag=True),
@@ -250,6 +299,13 @@ SETTINGS: list[Setting] = [
     Setting("max_requests_jitter", ("--max-requests-jitter",), _int_at_least(0), 0,
             "Add a random 0..J to --max-requests per worker, so workers do not restart together.",
             metavar="J", section="workers"),
+    Setting("max_worker_memory", ("--max-worker-memory",), _int_at_least(0), 0,
+            "Replace a worker whose resident memory (RSS) passes this many MiB, once it has finished the "
+            "request in hand (0 = never); the master checks about once a second. RSS rather than USS: one "
+            "cheap read of /proc/PID/statm however large the worker, and what uWSGI's reload-on-rss uses. "
+            "It includes pages a worker shares with the master (--preload, libraries), so set it above an "
+            "idle worker's RSS (the status page's memory_rss_bytes) by the growth you allow.",
+            metavar="MIB", section="workers"),
     # --- connections and limits
     Setting("read_timeout", ("--read-timeout",), _seconds, 30.0,
             "Close a connection whose peer sends nothing, or takes none of the response, for this long in the "
@@ -316,6 +372,14 @@ SETTINGS: list[Setting] = [
             "Run the app as root (e.g. in a container whose only user is root). Without it, and without "
             "--user, a server started as root refuses to start.",
             section="process", is_flag=True),
+    Setting("rlimit_nofile", ("--rlimit-nofile",), _int_at_least(MIN_NOFILE), None,
+            "Open files the server and the app may hold (RLIMIT_NOFILE's soft limit), set in the master "
+            "before it forks workers (on fd 0 and under CGI: before the app loads). Above the hard limit only "
+            "a privileged server (root with CAP_SYS_RESOURCE) can go; otherwise it refuses to start. "
+            "Default: inherited (ulimit -n).", metavar="N", section="process"),
+    Setting("rlimit_core", ("--rlimit-core",), _size_or_unlimited, None,
+            "Largest core dump in bytes, or unlimited (RLIMIT_CORE's soft limit), set as --rlimit-nofile. "
+            "0 turns core dumps off. Default: inherited (ulimit -c).", metavar="BYTES", section="process"),
     # --- CGI (cgi.py)
     Setting("mode", ("--mode",), _choice("auto", "fastcgi", "cgi"), "auto",
             "How requests arrive. auto: FastCGI on --bind or on the listening socket a web server left "

@@ -6,8 +6,8 @@ master). The master only supervises, in one loop (``Arbiter.run``):
 
     observe the workers (booted? busy since when?) -> update the pool figures
     -> handle queued signals -> reap children -> kill the overdue (hung past
-    --timeout, or past a stop's deadline) -> finish a reload -> size the pool
-    -> sleep (<= 1 s)
+    --timeout, or past a stop's deadline) -> finish a reload -> replace workers
+    over --max-worker-memory -> size the pool -> tell systemd -> sleep (<= 1 s)
 
 Signal handlers only append to a queue; ``signal.set_wakeup_fd`` writes a
 byte to a pipe the sleep waits on. That matters: since PEP 475 a signal no
@@ -16,6 +16,17 @@ or stops. What each worker is doing comes from the shared-memory scoreboard
 (scoreboard.py): whether it has booted, is idle (and since when) or busy
 (with which request, since when). That is what the request timeout, the
 dynamic and ondemand pools and the zero-downtime reload are decided on.
+
+--max-worker-memory is decided on the same tick: one read of each worker's
+/proc/PID/statm (limits.resident_bytes), nothing in the worker and nothing
+per request; a worker over the limit is retired like any other (TERM: it
+finishes the request in hand; a new one starts now). The figure is RSS, not
+USS: RSS costs the same to read at any size (smaps_rollup walks the page
+tables under the worker's memory-map lock), and it moves with a leak and only
+with it, while USS also grows when a preloaded worker writes a page it shared
+with the master (copy-on-write). The price: RSS counts shared pages in every
+worker, so the limit must sit above an idle worker's RSS. uWSGI's
+reload-on-rss makes the same choice.
 
 Stopping is not a second loop: a stop signals every worker, gives each a
 deadline after which it gets SIGKILL, and the same loop runs until the last
@@ -44,6 +55,7 @@ from collections.abc import Callable, Sequence
 
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, StartupError
 from .config import Config
+from .limits import MIB, resident_bytes
 from .loader import AppLoadError, load_app, load_app_at_startup
 from .logs import reopen_files
 from .privileges import Identity, identity_for, switch_to
@@ -153,6 +165,9 @@ class Arbiter:
                                      threads=self.threads)
         self._saturated = False  # every worker busy at the last look (for max_workers_reached)
         self._slow_after = config.slow_request_timeout
+        self._memory_limit = config.max_worker_memory * MIB  # 0: off
+        self._next_memory_check = 0.0
+        self._memory_limit_too_low = False  # said once: workers pass the limit at boot
         self._free_slots = list(range(self.scoreboard.size - 1, -1, -1))
         self._signals: list[int] = []
         self._old_handlers: dict[int, Any] = {}
@@ -204,6 +219,7 @@ class Arbiter:
                 self._kill_overdue(now)
                 if not self._stopping:
                     self._finish_reload()
+                    self._check_memory(now)  # before sizing: the replacement starts in this pass
                     self._adjust_pool(now)
                     self._notify()
                 self._sleep()
@@ -510,6 +526,29 @@ class Arbiter:
                         "requests get up to %gs", worker.pid, timeout, request or "a request",
                         self.config.graceful_timeout)
         self._stop_worker(worker, "timeout", signal.SIGABRT, grace=self.config.graceful_timeout)
+
+    def _check_memory(self, now: float) -> None:
+        """--max-worker-memory: retire each worker whose RSS is above the limit,
+        looked at once a tick (the loop also turns faster, while workers boot)."""
+        if not self._memory_limit or now < self._next_memory_check:
+            return
+        self._next_memory_check = now + TICK
+        for worker in self._serving():
+            rss = resident_bytes(worker.pid)
+            if rss is None or rss <= self._memory_limit:
+                continue
+            figures = (worker.slot, worker.pid, rss // MIB, self.config.max_worker_memory)
+            if worker.busy or any(state.requests for state in worker.threads):
+                error_log.warning("worker %d (pid %d) uses %d MiB RSS, above --max-worker-memory %d: "
+                                  "replacing it", *figures)
+                self._retire(worker, "memory limit")
+            elif not self._memory_limit_too_low:
+                # Above the limit before any request: replaced now, its successor would be
+                # too, in a loop of boots. Say so once; each is replaced after a request.
+                self._memory_limit_too_low = True
+                error_log.warning("worker %d (pid %d) uses %d MiB RSS before serving a request, above "
+                                  "--max-worker-memory %d: every worker will be replaced after its first "
+                                  "request; raise the limit above what the app needs to start", *figures)
 
     def _finish_reload(self) -> None:
         """Retire the old generation once every new worker has booted."""

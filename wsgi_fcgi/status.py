@@ -19,6 +19,7 @@ import time
 from typing import Any
 from collections.abc import Callable, Sequence
 
+from .limits import resident_bytes
 from .scoreboard import Scoreboard, SlotState
 
 # A page: (status line, headers, body)
@@ -26,7 +27,6 @@ Page = tuple[str, list[tuple[str, str]], bytes]
 PageFunction = Callable[[dict[str, Any]], Page]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def ping_page(response: str) -> PageFunction:
@@ -109,11 +109,12 @@ def _process_usage(pid: int) -> tuple[float | None, int | None]:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            resident = int(f.read().split()[1])
-    except (OSError, IndexError, ValueError):
+    except (OSError, IndexError):
         return None, None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS, resident * _PAGE_SIZE
+    resident = resident_bytes(pid)
+    if resident is None:
+        return None, None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS, resident
 
 
 _TCP_INFO = struct.Struct("=8B6I")  # ... tcpi_unacked, tcpi_sacked: for a listener, its queue and backlog

@@ -13,6 +13,8 @@ front of it, and a small streaming HTTP client.
   ``free_port``.
 - ``support.procfs``: process states read from /proc (a listener in an epoll
   set, a worker asleep in epoll_wait).
+- ``support.modes``: the server run once in each start-up mode (master, fd 0,
+  CGI): to its exit, or for one request; ``as_nobody`` (unprivileged).
 - ``support.ci``: ``missing()``, a skip on a developer's machine and a
   failure where CI is set.
 - ``support.units``: ``unit_section``, a section of a systemd unit file in
