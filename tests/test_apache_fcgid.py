@@ -166,6 +166,30 @@ def test_deploy_takes_effect_when_dispatch_fcgi_is_replaced(shared_dirs, hosting
         assert site.http.get("/hello/x").text == "Hi, x!"
 
 
+def test_touching_dispatch_fcgi_restarts_the_app_with_reload_on_touch(shared_dirs, hosting_venv) -> None:
+    """Shared hosting, where the user cannot signal what Apache started: with
+    ``serve(app, reload_on_touch=__file__)`` in dispatch.fcgi (the guide's
+    step), ``touch dispatch.fcgi`` makes the process exit between requests and
+    mod_fcgid start a fresh one, with the new code; no request fails."""
+    web, home = start_fcgid_site(shared_dirs("wfcgi-fcgid-touch-"), hosting_venv, "htaccess")
+    dispatch = home.public_html / "dispatch.fcgi"
+    script = dispatch.read_text()
+    assert script.count("\nserve(app)\n") == 1
+    dispatch.write_text(script.replace("\nserve(app)\n", "\nserve(app, reload_on_touch=__file__)\n"))
+    with ExitStack() as stack:
+        stack.callback(web.stop)
+        web.start()
+        site = Site("touch", web, "", SLASH_404)
+        old_pid = site.http.get("/env").json()["pid"]
+        app_py = home.app_dir / "app.py"
+        app_py.write_text(app_py.read_text().replace('f"Hello, {name}!"', 'f"Hi, {name}!"'))
+        dispatch.touch()
+        wait_for(lambda: old_pid not in processes_running("dispatch.fcgi"), 20, "the touched process gone")
+        answers = [site.http.get("/hello/x") for _ in range(3)]
+        assert [(r.status, r.text) for r in answers] == [(200, "Hi, x!")] * 3
+        assert "(--reload-on-touch)" in web.error_log_text()
+
+
 def test_front_controller_rewrite_without_path(shared_dirs, hosting_venv) -> None:
     """The front-controller rule of many PHP guides, ``RewriteRule ^
     dispatch.fcgi [QSA,L]`` (no ``/$1``): Apache then sends

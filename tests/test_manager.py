@@ -388,6 +388,31 @@ def test_hup_reloads_new_code_with_no_failed_request(server, tmp_path):
     assert_no_zombies(srv)
 
 
+def test_touching_the_reload_file_reloads_new_code_with_no_failed_request(server, tmp_path):
+    """--reload-on-touch (uWSGI's touch-reload): the file need not exist at start;
+    creating it, then touching it again, reloads as HUP does."""
+    module = tmp_path / "touchapp.py"
+    restart = tmp_path / "restart.txt"
+    write_module(module, "v1")
+    srv = server("--workers", "2", "--reload-on-touch", str(restart), app="touchapp:app", pythonpath=[tmp_path],
+                 env={"PYTHONDONTWRITEBYTECODE": "1"})
+    first = wait_workers(srv, 2)
+    loop = RequestLoop(srv, seconds=60, limit=3000)
+    loop.start()
+    try:
+        loop.wait_ok(20)
+        for version in ("v2-touched", "v3-touched-again"):
+            write_module(module, version)
+            restart.touch()
+            wait_for(lambda: loop.bodies[-1].startswith(version + " "), timeout=20, what=f"{version} served")
+    finally:
+        loop.finish()
+    assert loop.errors == []
+    assert wait_log(srv, "restart.txt was touched: reloading (--reload-on-touch)")
+    assert not set(first) & set(wait_workers(srv, 2))
+    assert_no_zombies(srv)
+
+
 def test_hup_with_broken_code_keeps_the_old_workers_serving(server, tmp_path):
     module = tmp_path / "brokenapp.py"
     write_module(module, "v1")

@@ -341,6 +341,11 @@ SETTINGS: list[Setting] = [
     Setting("reload", ("--reload",), _bool, False,
             "Development only: restart workers when a source file of the app changes (polled each second).",
             section="operations", is_flag=True),
+    Setting("reload_on_touch", ("--reload-on-touch",), _optional_str, None,
+            "Reload gracefully, as on HUP, when FILE's modification time changes or it appears (polled "
+            "each second; uWSGI's touch-reload): for shared hosting, where Apache's processes cannot be "
+            "signalled. Without a master (fd 0, mod_fcgid) the process exits after its current request "
+            "and the web server starts a fresh one.", metavar="FILE", section="operations"),
     # --- process
     Setting("pidfile", ("-p", "--pid"), _optional_str, None,
             "Write the master's process id to this file.", metavar="FILE", section="process"),

@@ -62,7 +62,7 @@ from .privileges import Identity, identity_for, switch_to
 from .scoreboard import Scoreboard, SlotState
 from .sockets import Address, cleanup
 from .systemd import Notifier
-from .worker import Worker
+from .worker import FileWatch, Worker
 
 _setproctitle: Callable[[str], None] | None
 try:  # optional, and untyped: nicer `ps` output
@@ -185,6 +185,7 @@ class Arbiter:
         self._boot_failures = 0  # consecutive workers that died at boot
         self._boot_errors = 0  # ... of which with exit code 3, in a row
         self._spawn_after = 0.0  # crash-storm back-off: no spawn before this time
+        self._touch_watch = FileWatch([config.reload_on_touch]) if config.reload_on_touch else None
         self._notifier = Notifier(None)  # the real one is read from the environment in _setup
         self._ready_pending = True  # READY=1 is owed once the current generation is up
         self._ready_sent = False
@@ -210,6 +211,7 @@ class Arbiter:
                 self._observe_workers()  # first: every decision below depends on who is up
                 self._update_pool_figures()
                 self._handle_signals()
+                self._reload_if_touched()
                 self._reap()
                 if self._stopping and not self.workers:
                     if self._halted is not None:
@@ -342,6 +344,12 @@ class Arbiter:
         self._spawn_after = 0.0
         for _ in range(count):
             self._spawn()
+
+    def _reload_if_touched(self) -> None:
+        """--reload-on-touch: the file changed since the last tick; a reload, as HUP does."""
+        if self._touch_watch is not None and self._touch_watch.changed() and not self._stopping:
+            error_log.info("%s was touched: reloading (--reload-on-touch)", self._touch_watch.changed_file)
+            self._reload()
 
     def _resize(self, delta: int) -> None:
         """TTIN/TTOU: one worker more or fewer (the maximum, for dynamic and ondemand pools)."""

@@ -370,12 +370,16 @@ class Worker:
                  parent_pid: int | None = None, multiprocess: bool = True, multithread: bool = False,
                  limit_request_body: int = 0, max_idle_connections: int = 32,
                  allowed_peers: Sequence[Any] = (), access_log: AccessLog | None = None,
-                 pages: dict[str, Any] | None = None, slow_log_fd: int = 2, reload: bool = False) -> None:
+                 pages: dict[str, Any] | None = None, slow_log_fd: int = 2, reload: bool = False,
+                 reload_on_touch: str | None = None) -> None:
         self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess,
                                       multithread=multithread, limit_request_body=limit_request_body,
                                       access_log=access_log, pages=pages)
         self.slow_log_fd = slow_log_fd
-        self.source_watch = SourceWatch() if reload else None
+        self.source_watch = source_watch() if reload else None
+        # --reload-on-touch without a master (fd 0: mod_fcgid): exit between requests,
+        # and the web server starts a fresh process (under a master, it reloads).
+        self.touch_watch = FileWatch([reload_on_touch]) if reload_on_touch else None
         self.max_idle_connections = max_idle_connections
         self.allowed_peers = PeerFilter(allowed_peers)
         self.listeners = {sock.fileno(): sock for sock in listeners}
@@ -424,7 +428,8 @@ class Worker:
             pool_size=pool_size, parent_pid=parent_pid, limit_request_body=config.limit_request_body,
             max_idle_connections=config.max_idle_connections, allowed_peers=allowed_networks(config),
             access_log=AccessLog(config.access_logformat), pages=pages,
-            slow_log_fd=open_slow_log(config), reload=config.reload)
+            slow_log_fd=open_slow_log(config), reload=config.reload,
+            reload_on_touch=config.reload_on_touch if parent_pid is None else None)
         if config.threads == 1:
             return Worker(app, listeners, slot=slots[0], **options)
         from .threaded import ThreadedWorker
@@ -540,6 +545,10 @@ class Worker:
             error_log.info("worker %d: %s changed, restarting (--reload)", os.getpid(),
                            self.source_watch.changed_file)
             self.alive = False
+        if self.touch_watch is not None and self.touch_watch.changed():
+            error_log.info("worker %d: %s was touched, exiting for the web server to start a fresh process "
+                           "(--reload-on-touch)", os.getpid(), self.touch_watch.changed_file)
+            self.alive = False
         # Only when idle: a worker whose master died exits within a second
         # of going quiet, at no syscall per request.
         if not had_events and self.parent_pid is not None and os.getppid() != self.parent_pid:
@@ -547,7 +556,7 @@ class Worker:
             self.alive = False
 
     def _poll_timeout(self) -> float:
-        if self.source_watch is not None:
+        if self.source_watch is not None or self.touch_watch is not None:
             return 1.0
         if self._accept_paused_until:
             return max(0.0, min(1.0, self._accept_paused_until - time.monotonic()))
@@ -837,34 +846,40 @@ def open_slow_log(config: Config) -> int:
         return 2
 
 
-class SourceWatch:
-    """--reload: has a source file of a loaded module changed since we started?
-    Standard-library polling; the standard library itself is not watched."""
+class FileWatch:
+    """Has one of these files changed since the last look: its mtime, or whether
+    it exists (a restart.txt may be created only when wanted)? Polled, one stat
+    per file per look; after a change the watch starts again from what it saw."""
 
-    def __init__(self) -> None:
-        import sysconfig
-
-        skip = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")})
+    def __init__(self, paths: Sequence[str]) -> None:
         self.changed_file = ""
-        self._mtimes: dict[str, float] = {}
-        for module in list(sys.modules.values()):
-            path = getattr(module, "__file__", None)
-            if path and path.endswith(".py") and not path.startswith(skip):
-                try:
-                    self._mtimes[path] = os.stat(path).st_mtime
-                except OSError:
-                    pass
+        self._mtimes = {path: _mtime(path) for path in paths}
 
     def changed(self) -> bool:
         for path, mtime in self._mtimes.items():
-            try:
-                if os.stat(path).st_mtime != mtime:
-                    self.changed_file = path
-                    return True
-            except OSError:
+            now = _mtime(path)
+            if now != mtime:
+                self._mtimes[path] = now
                 self.changed_file = path
                 return True
         return False
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def source_watch() -> FileWatch:
+    """--reload: the source files of the loaded modules, the standard library's excepted."""
+    import sysconfig
+
+    skip = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")})
+    files = [getattr(module, "__file__", None) for module in list(sys.modules.values())]
+    return FileWatch([path for path in files
+                      if isinstance(path, str) and path.endswith(".py") and not path.startswith(skip)])
 
 
 def allowed_networks(config: Config) -> list[Any]:
