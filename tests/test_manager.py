@@ -404,7 +404,7 @@ def test_touching_the_reload_file_reloads_new_code_with_no_failed_request(server
         for version in ("v2-touched", "v3-touched-again"):
             write_module(module, version)
             restart.touch()
-            wait_for(lambda: loop.bodies[-1].startswith(version + " "), timeout=20, what=f"{version} served")
+            wait_for(lambda v=version: loop.bodies[-1].startswith(v + " "), timeout=20, what=f"{version} served")
     finally:
         loop.finish()
     assert loop.errors == []
