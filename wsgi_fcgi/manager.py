@@ -185,6 +185,9 @@ class Arbiter:
         self._boot_failures = 0  # consecutive workers that died at boot
         self._boot_errors = 0  # ... of which with exit code 3, in a row
         self._spawn_after = 0.0  # crash-storm back-off: no spawn before this time
+        # Every decision reads the time from here: tests/test_arbiter.py drives the
+        # decisions with a clock (and a scoreboard) of its own, no process started.
+        self.clock: Callable[[], float] = time.monotonic
         self._touch_watch = FileWatch([config.reload_on_touch]) if config.reload_on_touch else None
         self._notifier = Notifier(None)  # the real one is read from the environment in _setup
         self._ready_pending = True  # READY=1 is owed once the current generation is up
@@ -217,7 +220,7 @@ class Arbiter:
                     if self._halted is not None:
                         raise self._halted
                     return self._exit_code
-                now = time.monotonic()
+                now = self.clock()
                 self._kill_overdue(now)
                 if not self._stopping:
                     self._finish_reload()
@@ -266,13 +269,13 @@ class Arbiter:
         if self._want_connection_wakeup():
             for sock in self.listeners:
                 poller.register(sock.fileno(), select.POLLIN)
-        timeout = max(0.0, min(TICK, self._next_deadline() - time.monotonic()))
+        timeout = max(0.0, min(TICK, self._next_deadline() - self.clock()))
         for fd, _ in poller.poll(timeout * 1000):
             if fd == self._wakeup_r:
                 _drain(self._wakeup_r)
 
     def _next_deadline(self) -> float:
-        now = time.monotonic()
+        now = self.clock()
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at]
         if any(not w.booted and not w.stop_reason for w in self.workers.values()):
             deadlines.append(now + BOOT_POLL)
@@ -308,7 +311,7 @@ class Arbiter:
             self._notifier.stopping()
         self._stopping = mode
         self._exit_code = self._exit_code or code
-        now = time.monotonic()
+        now = self.clock()
         if mode == GRACEFUL:
             sig, grace = signal.SIGTERM, self.config.graceful_timeout
             error_log.info("stopping: %d worker(s) finish their requests (up to %gs)", len(self.workers), grace)
@@ -412,7 +415,7 @@ class Arbiter:
             self._on_app_load_error(worker)
         elif code == 0:
             error_log.info("worker %d exited by itself (max requests served, or the master changed)", pid)
-        elif not worker.booted or time.monotonic() - worker.started < BOOT_WINDOW:
+        elif not worker.booted or self.clock() - worker.started < BOOT_WINDOW:
             self._on_boot_failure(worker, code)
         else:
             error_log.error("worker %d %s; replacing it", pid, how)
@@ -446,7 +449,7 @@ class Arbiter:
     def _back_off(self) -> float:
         failures = max(self._boot_failures, 1)
         delay = 0.0 if failures == 1 else min(0.1 * 2 ** (failures - 2), MAX_BACKOFF)
-        self._spawn_after = time.monotonic() + delay
+        self._spawn_after = self.clock() + delay
         return delay
 
     def _halt(self, code: int, message: str) -> None:
@@ -466,7 +469,7 @@ class Arbiter:
 
     def _observe_workers(self) -> None:
         """Read the scoreboard: who has booted, who is idle (since when), who is busy (with what)."""
-        now = time.monotonic()
+        now = self.clock()
         for worker in self.workers.values():
             threads = self.scoreboard.read_worker(worker.slot)
             if threads[0].pid != worker.pid:
@@ -646,7 +649,7 @@ class Arbiter:
 
     def _retire_idle(self, active: list[WorkerProcess], count: int, *, keep: int) -> None:
         """Retire up to ``count`` workers idle for longer than --idle-timeout, longest idle first."""
-        cutoff = time.monotonic() - self.config.idle_timeout
+        cutoff = self.clock() - self.config.idle_timeout
         idle = sorted((w for w in active if w.idle_since is not None and w.idle_since < cutoff),
                       key=lambda w: w.idle_since or 0.0)
         count = min(count, len(active) - keep)
@@ -656,7 +659,7 @@ class Arbiter:
     def _want_connection_wakeup(self) -> bool:
         """Should a waiting connection wake the loop? Only when it would make us spawn,
         otherwise a connection in the backlog would keep the poll returning at once."""
-        if self.pool == "static" or self._stopping or time.monotonic() < self._spawn_after \
+        if self.pool == "static" or self._stopping or self.clock() < self._spawn_after \
                 or not self._free_slots:
             return False
         active = self._active()
@@ -699,7 +702,7 @@ class Arbiter:
         if pid == 0:
             self._worker_main(index, max_requests, probe)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        self.workers[pid] = WorkerProcess(pid, index, time.monotonic(), probe=probe)
+        self.workers[pid] = WorkerProcess(pid, index, self.clock(), probe=probe)
         error_log.info("started %s %d", "a check that the app loads:" if probe else "worker", pid)
 
     def _retire(self, worker: WorkerProcess, reason: str) -> None:
@@ -709,7 +712,7 @@ class Arbiter:
 
     def _stop_worker(self, worker: WorkerProcess, reason: str, sig: int, *, grace: float) -> None:
         worker.stop_reason = reason
-        worker.kill_at = time.monotonic() + grace
+        worker.kill_at = self.clock() + grace
         self._signal(worker, sig)
 
     def _signal(self, worker: WorkerProcess, sig: int) -> None:
