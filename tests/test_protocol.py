@@ -1,7 +1,7 @@
 """Unit tests of the sans-IO FastCGI layer (``wsgi_fcgi.protocol``): no sockets.
 
-Each test is named after one behaviour of the FastCGI 1.0 checklist
-(../shared/reference/ops.md section 1) that the protocol layer owns. The
+Each test is named after one behaviour of the FastCGI 1.0 specification
+that the protocol layer owns. The
 property-based tests at the end drive ``ServerConnection`` with generated
 request streams, split anywhere, and with random and mutated bytes.
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .config import Config, ConfigError
 from .handler import Channel, ClientDisconnected, RequestHandler, StartResponse, WSGIApp
+from .logs import request_line
 from .worker import Worker, allowed_networks
 
 __all__ = ["FastCGIWorker"]
@@ -266,10 +267,9 @@ class _Request:
     __slots__ = ("method", "path", "query", "uri", "version", "headers", "scheme")
 
     def __init__(self, environ: dict[str, Any]) -> None:
-        self.method = str(environ.get("REQUEST_METHOD", "GET"))
+        self.method, self.uri = request_line(environ)  # what our own logs call this request
         self.path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
         self.query = str(environ.get("QUERY_STRING", ""))
-        self.uri = str(environ.get("REQUEST_URI") or (self.path + ("?" + self.query if self.query else "")))
         self.scheme = str(environ.get("wsgi.url_scheme", "http"))
         protocol = str(environ.get("SERVER_PROTOCOL", "HTTP/1.0"))
         major, _, minor = protocol.partition("/")[2].partition(".")
