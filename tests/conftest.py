@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 
+from support import held
 from support.processes import WsgiFcgiServer, short_socket_dir
 from support.webservers import Nginx, TLSCert, hosting_venv as make_hosting_venv, shared_temp_dir
 
@@ -140,3 +141,15 @@ def _site_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         logs = getattr(site, "logs", None)
         if callable(logs):
             request.node.add_report_section("teardown", "site logs", logs())
+
+
+@pytest.fixture
+def threads_server(wsgi_server: Callable[..., WsgiFcgiServer], tmp_path: Path) -> Callable[..., held.ThreadsServer]:
+    def start(*args: str, barrier: int = 2, barrier_timeout: float = 30.0, version: str = "1") -> held.ThreadsServer:
+        app_dir = tmp_path / f"app-{len(list(tmp_path.glob('app-*')))}"
+        app_dir.mkdir()
+        (app_dir / "version").write_text(version)
+        env = {"THREADS_APP_DIR": str(app_dir), "THREADS_BARRIER": str(barrier),
+               "THREADS_BARRIER_TIMEOUT": str(barrier_timeout)}
+        return held.ThreadsServer(wsgi_server(held.APP, *args, pythonpath=[held.APPS_DIR], env=env), app_dir)
+    return start

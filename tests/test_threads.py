@@ -18,102 +18,26 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 
 from support import REPO_ROOT
-from support.fastcgi import children_of, is_end, raw_connect, read_events, request_bytes, wait_for
+from support.fastcgi import is_end, raw_connect, read_events, request_bytes, wait_for
 from support.httpclient import HTTPClient
 from support.load import KeepaliveNginx
-from support.processes import ManagedProcess, WsgiFcgiServer, can_connect
+from support.processes import ManagedProcess, can_connect
 from wsgi_fcgi import protocol as p
 from wsgi_fcgi.client import Client, FastCGIError, Response, parse_cgi_response
 
-APPS_DIR = REPO_ROOT / "tests" / "apps"
-APP = "threads_app:app"
+from support.held import APP, APPS_DIR, Background, in_parallel
 
 pytestmark = pytest.mark.timeout(90)
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-class ThreadsServer:
-    """A started server with the fixture app and its meeting directory."""
-
-    def __init__(self, server: WsgiFcgiServer, app_dir: Path) -> None:
-        self.server = server
-        self.dir = app_dir
-
-    @property
-    def address(self) -> str:
-        return self.server.address
-
-    def get(self, path: str, timeout: float = 30.0) -> Response:
-        return Client(self.address, timeout=timeout).request(path)
-
-    def arrived(self, *names: str) -> None:
-        """Wait until each named request has started in the app."""
-        for name in names:
-            wait_for((self.dir / f"arrived-{name}").exists, timeout=30, what=f"request {name} to start")
-
-    def release(self) -> None:
-        (self.dir / "release").write_text("go")
-
-    def workers(self) -> List[int]:
-        return children_of(self.server.pid)
-
-    def log_matches(self, pattern: str) -> Optional[re.Match[str]]:
-        return re.search(pattern, self.server.stderr_text(), re.S)
-
-
-@pytest.fixture
-def threads_server(wsgi_server: Callable[..., WsgiFcgiServer], tmp_path: Path) -> Callable[..., ThreadsServer]:
-    def start(*args: str, barrier: int = 2, barrier_timeout: float = 30.0, version: str = "1") -> ThreadsServer:
-        app_dir = tmp_path / f"app-{len(list(tmp_path.glob('app-*')))}"
-        app_dir.mkdir()
-        (app_dir / "version").write_text(version)
-        env = {"THREADS_APP_DIR": str(app_dir), "THREADS_BARRIER": str(barrier),
-               "THREADS_BARRIER_TIMEOUT": str(barrier_timeout)}
-        return ThreadsServer(wsgi_server(APP, *args, pythonpath=[APPS_DIR], env=env), app_dir)
-    return start
-
-
-def in_parallel(jobs: List[Callable[[], Any]], timeout: float = 60.0) -> List[Any]:
-    """Run every job on its own client thread; their results (or exceptions), in order."""
-    results: List[Any] = [None] * len(jobs)
-
-    def run(index: int) -> None:
-        try:
-            results[index] = jobs[index]()
-        except BaseException as exc:  # noqa: B036 - handed back to the test
-            results[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout)
-    assert not any(t.is_alive() for t in threads), "a client is still waiting for its response"
-    return results
-
-
-class Background:
-    """Requests started now, their results collected later."""
-
-    def __init__(self, jobs: List[Callable[[], Any]]) -> None:
-        self._results: List[Any] = []
-        self._thread = threading.Thread(target=lambda: self._results.extend(in_parallel(jobs)), daemon=True)
-        self._thread.start()
-
-    def results(self) -> List[Any]:
-        self._thread.join(70)
-        assert not self._thread.is_alive(), "the background requests did not end"
-        return self._results
 
 
 def statuses(results: List[Any]) -> List[Any]:

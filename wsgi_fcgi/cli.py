@@ -226,9 +226,25 @@ def _start(config: Config, app: Callable[..., Any] | None, app_spec: str | None)
         raise StartupError(str(exc), EXIT_BOOT_ERROR) from None
     workers = config.workers or default_workers(on_fd0)
     if on_fd0 and workers == 1 and config.pool == "static":
+        if config.status_bind:
+            error_log.warning("--status-bind needs the master; on the socket a web server left on fd 0 "
+                              "there is none (use --status-path on the app's own socket)")
         return _serve_in_process(config, listeners, app, app_spec)
     from .manager import Arbiter
-    return Arbiter(config, listeners, addresses, workers=workers, app=app, app_spec=app_spec).run()
+    return Arbiter(config, listeners, addresses, workers=workers, app=app, app_spec=app_spec,
+                   status=open_status_socket(config)).run()
+
+
+def open_status_socket(config: Config) -> tuple[Any, Address] | None:
+    """--status-bind's socket, opened (like --bind's) before any privilege is dropped."""
+    if not config.status_bind:
+        return None
+    address = parse_address(config.status_bind)
+    try:
+        _check_exposure([address], config.allow_remote)
+        return bind(address, backlog=64, socket_mode=config.socket_mode, owner=socket_owner(config)), address
+    except AddressError as exc:
+        raise StartupError(f"--status-bind: {exc}", EXIT_BOOT_ERROR) from None
 
 
 def _serve_in_process(config: Config, listeners: list[Any], app: Callable[..., Any] | None,

@@ -114,6 +114,12 @@ def _bind_list(value: Any) -> list[str]:
     return specs
 
 
+def _address_spec(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _bind_list(str(value))[0]
+
+
 def parse_networks(value: Any) -> list[Any]:
     """IPv4/IPv6 addresses or CIDR networks, from a list or comma-separated strings."""
     import ipaddress
@@ -333,6 +339,12 @@ SETTINGS: list[Setting] = [
     Setting("status_path", ("--status-path",), _script_name, None,
             "Answer this path with the pool's status (text; ?json, ?openmetrics, ?full), without calling "
             "the app. Expose it to internal addresses only.", metavar="PATH", section="operations"),
+    Setting("status_bind", ("--status-bind",), _address_spec, None,
+            "A FastCGI socket of the master's own (PHP-FPM's pm.status_listen) where it answers the ping "
+            "and status pages itself (--ping-path, --status-path; /ping and /status if unset), so a "
+            "monitor still gets an answer when every worker is busy. Same address forms, socket mode and "
+            "--allowed-addr rules as --bind. Needs the master (not fd 0).", metavar="ADDRESS",
+            section="operations"),
     Setting("slow_request_timeout", ("--slow-request-timeout",), _seconds, 0.0,
             "Log the stack of a request running longer than this, without stopping it (0 = never).",
             metavar="S", section="operations"),

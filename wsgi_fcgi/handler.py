@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from . import protocol as p
 from .environ import build_environ
 from .logs import AccessLog, describe_request, request_line
+from .status import cgi_response, find_page
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
@@ -336,7 +337,7 @@ class RequestHandler:
 
     def _run(self, channel: Channel, role: int, environ: dict[str, Any], response: Response) -> bool:
         if self.pages:
-            page = self.pages.get(environ["SCRIPT_NAME"] + environ["PATH_INFO"]) or self.pages.get(environ["PATH_INFO"])
+            page = find_page(self.pages, environ)
             if page is not None:
                 return response.send_page(*page(environ))
         try:
@@ -625,8 +626,7 @@ class Response:
     def send_page(self, status: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         """A page of our own (ping, status): the app is not called."""
         self.headers, self.sent = headers, len(body)
-        head = "".join([f"Status: {status}\r\n"] + [f"{n}: {v}\r\n" for n, v in headers] + ["\r\n"])
-        return self.send_simple(head.encode("latin-1") + body)
+        return self.send_simple(cgi_response(status, headers, body))
 
     def send_end_only(self) -> bool:
         """The end of STDOUT and END_REQUEST, after FCGI_ABORT_REQUEST or a body cut

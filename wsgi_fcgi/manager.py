@@ -62,7 +62,8 @@ from .privileges import Identity, identity_for, switch_to
 from .scoreboard import Scoreboard, SlotState
 from .sockets import Address, cleanup
 from .systemd import Notifier
-from .worker import FileWatch, Worker
+from .status import StatusListener, ping_page, status_page
+from .worker import FileWatch, PeerFilter, Worker, allowed_networks
 
 _setproctitle: Callable[[str], None] | None
 try:  # optional, and untyped: nicer `ps` output
@@ -148,7 +149,7 @@ class Arbiter:
 
     def __init__(self, config: Config, listeners: Sequence[Any], addresses: Sequence[Address], *,
                  workers: int, app: Callable[..., Any] | None = None,
-                 app_spec: str | None = None) -> None:
+                 app_spec: str | None = None, status: tuple[Any, Address] | None = None) -> None:
         if app is None and app_spec is None:
             raise ValueError("Arbiter needs app or app_spec")
         self.config = config
@@ -189,6 +190,13 @@ class Arbiter:
         # decisions with a clock (and a scoreboard) of its own, no process started.
         self.clock: Callable[[], float] = time.monotonic
         self._touch_watch = FileWatch([config.reload_on_touch]) if config.reload_on_touch else None
+        self._status: StatusListener | None = None  # --status-bind
+        self._status_address = status[1] if status else None
+        if status is not None:
+            pages = {config.ping_path or "/ping": ping_page(config.ping_response),
+                     config.status_path or "/status": status_page(self.scoreboard, self.listeners)}
+            self._status = StatusListener(status[0], pages, PeerFilter(allowed_networks(config)).allows,
+                                          clock=lambda: self.clock())
         self._notifier = Notifier(None)  # the real one is read from the environment in _setup
         self._ready_pending = True  # READY=1 is owed once the current generation is up
         self._ready_sent = False
@@ -269,10 +277,18 @@ class Arbiter:
         if self._want_connection_wakeup():
             for sock in self.listeners:
                 poller.register(sock.fileno(), select.POLLIN)
+        status = self._status
+        if status is not None:
+            for fd, writing in status.watched():
+                poller.register(fd, select.POLLIN | (select.POLLOUT if writing else 0))
         timeout = max(0.0, min(TICK, self._next_deadline() - self.clock()))
         for fd, _ in poller.poll(timeout * 1000):
             if fd == self._wakeup_r:
                 _drain(self._wakeup_r)
+            elif status is not None:
+                status.handle(fd)  # the status socket or one of its connections: answered here
+        if status is not None:
+            status.expire()
 
     def _next_deadline(self) -> float:
         now = self.clock()
@@ -788,6 +804,9 @@ class Arbiter:
         for sock in self.listeners:
             sock.set_inheritable(False)  # already so; app code may exec, it must not leak them
         self._notifier.close()  # only the master speaks for the service
+        if self._status is not None:
+            self._status.close()  # the master's alone
+            self._status = None
 
     def _report(self, message: str) -> None:
         data = f"{os.getpid()}\t{message}".replace("\n", " ")[:3000] + "\n"
@@ -837,6 +856,18 @@ class Arbiter:
         self._socket_files.clear()
         for sock in self.listeners:
             sock.close()  # the workers' copies stay open until each one exits
+
+    def _close_status(self) -> None:
+        """--status-bind: answered until the master exits; then its socket file goes."""
+        if self._status is None:
+            return
+        self._status.close()
+        self._status = None
+        if self._status_address is not None and self._status_address.is_unix and not self._status_address.is_fd:
+            try:
+                cleanup(self._status_address)
+            except OSError as exc:
+                error_log.warning("cannot remove %s: %s", self._status_address.target, exc.strerror or exc)
 
     def _write_pidfile(self) -> None:
         path = self.config.pidfile
@@ -888,6 +919,7 @@ class Arbiter:
         self._wakeup_r = self._wakeup_w = self._report_r = self._report_w = -1
         self._remove_pidfile()
         self._notifier.close()
+        self._close_status()
         gc.unfreeze()  # serve() may return into a program that goes on
         if self._exit_code == 0:
             error_log.info("master %d: stopped", os.getpid())

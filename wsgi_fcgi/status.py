@@ -19,6 +19,8 @@ import time
 from typing import Any
 from collections.abc import Callable, Sequence
 
+from . import protocol as p
+from .environ import build_environ
 from .limits import resident_bytes
 from .scoreboard import Scoreboard, SlotState
 
@@ -157,8 +159,170 @@ def openmetrics(report: dict[str, Any]) -> str:
     for name in counters:
         lines += [f"# TYPE wsgi_fcgi_{name} counter", f"wsgi_fcgi_{name}_total {report[name]}"]
     lines += ["# TYPE wsgi_fcgi_start_time gauge", f"wsgi_fcgi_start_time {report['start_time']}"]
-    for worker in report.get("workers", []):
-        labels = f'{{pid="{worker["pid"]}",thread="{worker["thread"]}",state="{worker["state"]}"}}'
-        lines.append(f"wsgi_fcgi_worker_requests{labels} {worker['requests']}")
+    workers = report.get("workers", [])
+    if workers:  # ?full: one series per worker thread in each family
+        lines += _worker_series(workers)
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
+
+
+# per-worker families of ?openmetrics&full: (name, type, field of the worker's entry)
+_WORKER_FAMILIES = (
+    ("wsgi_fcgi_worker_busy", "gauge", "state"),
+    ("wsgi_fcgi_worker_request_duration_seconds", "gauge", "request_duration_ms"),
+    ("wsgi_fcgi_worker_cpu_seconds", "counter", "cpu_seconds"),
+    ("wsgi_fcgi_worker_memory_rss_bytes", "gauge", "memory_rss_bytes"),
+)
+
+
+def _worker_series(workers: list[dict[str, Any]]) -> list[str]:
+    lines = ["# TYPE wsgi_fcgi_worker_requests gauge"]  # requests served by this thread of this process
+    for worker in workers:
+        labels = f'{{pid="{worker["pid"]}",thread="{worker["thread"]}",state="{worker["state"]}"}}'
+        lines.append(f"wsgi_fcgi_worker_requests{labels} {worker['requests']}")
+    for name, kind, field in _WORKER_FAMILIES:
+        lines.append(f"# TYPE {name} {kind}")
+        sample = name + ("_total" if kind == "counter" else "")
+        for worker in workers:
+            value = worker[field]
+            if field == "state":
+                value = int(value == "busy")
+            elif field == "request_duration_ms":
+                value = round(value / 1000, 6)
+            if value is not None:
+                lines.append(f'{sample}{{pid="{worker["pid"]}",thread="{worker["thread"]}"}} {value}')
+    return lines
+
+
+# --- pages on a socket of the master's own (--status-bind) -----------------------------
+
+def find_page(pages: dict[str, PageFunction], environ: dict[str, Any]) -> PageFunction | None:
+    """The page for this request's path, whether the web server counts the
+    mount point in SCRIPT_NAME or not; None: not one of ours."""
+    return pages.get(environ["SCRIPT_NAME"] + environ["PATH_INFO"]) or pages.get(environ["PATH_INFO"])
+
+
+def cgi_response(status: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """A page as the STDOUT stream carries it: the CGI head, then the body."""
+    head = "".join([f"Status: {status}\r\n"] + [f"{n}: {v}\r\n" for n, v in headers] + ["\r\n"])
+    return head.encode("latin-1") + body
+
+
+NOT_FOUND: Page = ("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "9")], b"Not Found")
+STATUS_DEADLINE = 10.0  # seconds a status connection has to send its request
+MAX_STATUS_CONNECTIONS = 16  # beyond these, new ones are closed at once
+
+
+class _StatusConnection:
+    __slots__ = ("sock", "proto", "deadline", "outgoing")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.proto = p.ServerConnection()
+        self.deadline = deadline
+        self.outgoing = b""  # the answer, once the request is in
+
+
+class StatusListener:
+    """--status-bind: the master answers ping and status itself, on a FastCGI
+    socket of its own (PHP-FPM's ``pm.status_listen``), so a monitor sees a
+    saturated pool instead of waiting behind it.
+
+    Strategy: no thread and no blocking call in the master. Its poll watches
+    this socket and each status connection; ``handle`` takes what is ready:
+    accepts, reads (the request head through protocol.py), and sends the
+    answer as far as the socket takes it. A connection has STATUS_DEADLINE
+    seconds to be done, and at most MAX_STATUS_CONNECTIONS are open at once,
+    so a client that stalls costs the master nothing but a descriptor.
+    """
+
+    def __init__(self, sock: socket.socket, pages: dict[str, PageFunction], allows: Callable[[Any], bool],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.pages = pages
+        self.allows = allows
+        self.clock = clock
+        self._connections: dict[int, _StatusConnection] = {}
+
+    def watched(self) -> list[tuple[int, bool]]:
+        """(descriptor, wants to write) for the master's poll."""
+        return [(self.sock.fileno(), False)] + [(fd, bool(c.outgoing)) for fd, c in self._connections.items()]
+
+    def handle(self, fd: int) -> None:
+        if fd == self.sock.fileno():
+            self._accept()
+            return
+        conn = self._connections.get(fd)
+        if conn is not None and not self._step(conn):
+            self._close(fd)
+
+    def expire(self) -> None:
+        now = self.clock()
+        for fd in [fd for fd, conn in self._connections.items() if now >= conn.deadline]:
+            self._close(fd)
+
+    def close(self) -> None:
+        for fd in list(self._connections):
+            self._close(fd)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        for _ in range(MAX_STATUS_CONNECTIONS):
+            try:
+                sock, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # out of descriptors, aborted: the client tries again
+            if len(self._connections) >= MAX_STATUS_CONNECTIONS or not self.allows(peer):
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self._connections[sock.fileno()] = _StatusConnection(sock, self.clock() + STATUS_DEADLINE)
+
+    def _step(self, conn: _StatusConnection) -> bool:
+        """Read or write what is ready; False once the connection is done with."""
+        try:
+            if conn.outgoing:
+                conn.outgoing = conn.outgoing[conn.sock.send(conn.outgoing):]
+                return bool(conn.outgoing)
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        conn.proto.receive_data(data)
+        try:
+            return self._answer(conn)
+        except p.ProtocolError:
+            return False
+
+    def _answer(self, conn: _StatusConnection) -> bool:
+        while True:
+            event = conn.proto.next_event()
+            reply = conn.proto.data_to_send()  # GET_VALUES, a rejected role
+            if reply:
+                conn.outgoing += reply
+            if isinstance(event, p.Params):
+                conn.outgoing += self._page_records(event)
+                return self._step(conn)
+            elif event is p.NEED_DATA:
+                return True if not conn.outgoing else self._step(conn)
+            elif isinstance(event, (p.ConnectionClosed, p.AbortRequest)):
+                return False
+
+    def _page_records(self, params: p.Params) -> bytes:
+        environ = build_environ(params.pairs)
+        page = find_page(self.pages, environ)
+        status, headers, body = page(environ) if page is not None else NOT_FOUND
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            body = b""
+        rid = params.request_id
+        records = p.encode_stream(p.FCGI_STDOUT, rid, cgi_response(status, headers, body))
+        records += [p.encode_end_of_stream(p.FCGI_STDOUT, rid), p.encode_end_request(rid)]
+        return b"".join(bytes(r) for r in records)  # then closed: one request per connection
+
+    def _close(self, fd: int) -> None:
+        conn = self._connections.pop(fd)
+        conn.sock.close()
