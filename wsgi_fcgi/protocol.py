@@ -203,8 +203,9 @@ class UnknownType(NamedTuple):
 
 for _event in (BeginRequest, Params, StdinData, StdinEnd, DataData, DataEnd, AbortRequest, ConnectionClosed,
                Stdout, Stderr, EndRequest, GetValuesResult, UnknownType):
-    _event.__eq__ = _same_event  # type: ignore[method-assign]
-    _event.__ne__ = _other_event  # type: ignore[method-assign]
+    # partialmethod: a compiled function (mypyc) does not bind as a method by itself.
+    _event.__eq__ = functools.partialmethod(_same_event)  # type: ignore[assignment,method-assign]
+    _event.__ne__ = functools.partialmethod(_other_event)  # type: ignore[assignment,method-assign]
 
 
 ServerEvent = BeginRequest | Params | StdinData | StdinEnd | DataData | DataEnd | AbortRequest | ConnectionClosed
@@ -307,7 +308,7 @@ def encode_params(request_id: int, pairs: Iterable[tuple[bytes, bytes]]) -> byte
         encode_record(FCGI_PARAMS, request_id)
 
 
-def decode_pairs(content: bytes, limits: Limits | None = None) -> list[tuple[str, str]]:
+def decode_pairs(content: bytes | memoryview, limits: Limits | None = None) -> list[tuple[str, str]]:
     """Decode a complete name-value stream into latin-1 strings (PEP 3333's rule).
 
     Declared lengths are checked against the remaining bytes and ``limits``
