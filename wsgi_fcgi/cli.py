@@ -108,6 +108,9 @@ def check_config(config: Config, app_spec: str) -> int:
     for name, value in sorted(config.as_dict().items()):
         print(f"{name} = {value!r}")
     print(f"wsgi_app = {app_spec!r}")
+    hooks = config.hooks_set()
+    if hooks:
+        print(f"# hooks: {', '.join(hooks)}")  # functions: named, not printed
     try:
         activated = activated_listeners(config)
     except (AddressError, StartupError) as exc:
@@ -225,7 +228,9 @@ def _start(config: Config, app: Callable[..., Any] | None, app_spec: str | None)
 
 def _serve_in_process(config: Config, listeners: list[Any], app: Callable[..., Any] | None,
                       app_spec: str | None) -> int:
-    """One process, spawned by the web server, which manages processes itself."""
+    """One process, spawned by the web server, which manages processes itself.
+    No master, so of the hooks only the worker's run: post_worker_init (raising:
+    exit 3), pre_request, post_request."""
     from .worker import Worker
 
     switch_to(identity_for(config))  # the inherited socket is already open
