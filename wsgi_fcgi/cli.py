@@ -82,7 +82,8 @@ def read_settings(argv: Sequence[str] | None = None) -> tuple[Config, str, bool]
         config_file = args.config or env_args.config
         if config_file:
             from_file = load_config_file(config_file)
-            app_spec = app_spec or from_file.pop("wsgi_app", None)
+            file_app = from_file.pop("wsgi_app", None)  # always: it is not a setting for update()
+            app_spec = app_spec or file_app
             config.update(from_file)
         config.update(_given(env_args))
         config.update(_given(args))
