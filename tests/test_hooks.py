@@ -384,3 +384,21 @@ def test_fd0_mode_runs_the_worker_hooks_that_apply(tmp_path):
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_cgi_mode_answers_500_when_post_worker_init_fails(tmp_path):
+    config = tmp_path / "boot.conf.py"
+    config.write_text("def post_worker_init(worker):\n    raise RuntimeError('not today')\n")
+    env = cgi_environ("/")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(APPS_DIR)])
+    run = run_script([sys.executable, "-m", "wsgi_fcgi", "--allow-root", "-c", str(config), APP], env)
+    assert run.returncode == 3 and run.status == 500, run.stderr
+    assert "the post_worker_init hook failed" in run.stderr and "RuntimeError: not today" in run.stderr
+
+
+def test_the_operations_guide_lists_every_hook_with_its_signature():
+    guide = (REPO_ROOT / "docs" / "operations.md").read_text()
+    section = guide.split("## Server hooks", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == [hook.signature for hook in HOOKS]
+    assert [row.split("|")[2].strip() for row in rows] == [hook.runs_in for hook in HOOKS]
