@@ -312,6 +312,14 @@ def test_a_hook_with_the_wrong_arguments_is_a_clear_usage_error(tmp_path):
     assert result.returncode == 2 and "hook on_exit: 'not a function' is not callable" in result.stderr
 
 
+def test_a_gunicorn_hook_wsgi_fcgi_does_not_have_is_named_not_ignored(tmp_path):
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text("def worker_int(worker):\n    pass\n")
+    result = check_config("-c", str(config), APP)
+    assert result.returncode == 2
+    assert "worker_int is a gunicorn hook that wsgi_fcgi does not run" in result.stderr
+
+
 def test_check_config_lists_the_hooks_that_are_set():
     result = check_config("-c", str(EXAMPLE_CONFIG), "--bind", "unix:/tmp/unused.sock",
                           env={"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(HOOKS_DIR)]),

@@ -369,6 +369,11 @@ HOOKS: list[Hook] = [
 
 HOOKS_BY_NAME: dict[str, Hook] = {h.name: h for h in HOOKS}
 
+# gunicorn hooks with no counterpart here (no exec on USR2, no SSL, no SIGINT
+# hook in the worker): a config file ported from gunicorn that defines one is
+# told so, rather than having it silently never run.
+GUNICORN_ONLY_HOOKS = ("worker_int", "pre_exec", "child_exit", "nworkers_changed", "ssl_context")
+
 
 def check_hook(hook: Hook, value: Any) -> Callable[..., Any]:
     """``value`` if it is a callable that takes the hook's arguments, else ConfigError naming the hook."""
@@ -503,6 +508,10 @@ def load_config_file(path: str) -> dict[str, Any]:
         line = getattr(exc, "lineno", None)
         where = f", line {line}" if line else ""
         raise ConfigError(f"--config {path}{where}: {type(exc).__name__}: {exc}") from None
+    for name in GUNICORN_ONLY_HOOKS:
+        if callable(namespace.get(name)):
+            raise ConfigError(f"--config {path}: {name} is a gunicorn hook that wsgi_fcgi does not run "
+                              f"(its hooks: {', '.join(HOOKS_BY_NAME)})")
     values = {name: value for name, value in namespace.items()
               if name in HOOKS_BY_NAME or (not name.startswith("_") and not isinstance(
                   value, (types.ModuleType, types.FunctionType, type)))}
