@@ -187,7 +187,8 @@ def test_hooks_run_in_order_with_their_arguments(server, tmp_path):
 
 
 def test_post_fork_gives_each_preloaded_worker_its_own_database_connection(server, tmp_path):
-    # Two requests that each wait until the other has started are in two different workers.
+    # Two requests that each wait until the other has started are in two different workers (the
+    # app polls for the other's file, bounded: the test itself only waits on the answers).
     rendezvous = tmp_path / "rendezvous"
     rendezvous.mkdir()
     (tmp_path / "dbcheck_app.py").write_text(
@@ -374,12 +375,14 @@ def test_fd0_mode_runs_the_worker_hooks_that_apply(tmp_path):
     listener.bind(str(path))
     listener.listen(8)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(APPS_DIR)]))
-    proc = subprocess.Popen([sys.executable, "-m", "wsgi_fcgi", "--allow-root", "-c", str(config), APP],
-                            stdin=listener.fileno(), stderr=subprocess.PIPE, env=env, start_new_session=True)
+    with open(tmp_path / "stderr", "wb") as stderr:  # the web server's way: the socket on fd 0, one process
+        proc = subprocess.Popen([sys.executable, "-m", "wsgi_fcgi", "--allow-root", "-c", str(config), APP],
+                                stdin=listener.fileno(), stdout=stderr, stderr=stderr, env=env,
+                                start_new_session=True)
     listener.close()
     try:
         response = Client(f"unix:{path}", timeout=10).request("/")
-        assert response.status == 200
+        assert response.status == 200, (tmp_path / "stderr").read_text()
         found = wait_calls(log, count("post_request", 1), "the request's post_request")
         assert [c["event"] for c in found] == ["post_worker_init", "pre_request", "post_request"]
         assert all(c["pid"] == proc.pid for c in found)
@@ -390,8 +393,6 @@ def test_fd0_mode_runs_the_worker_hooks_that_apply(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def test_cgi_mode_answers_500_when_post_worker_init_fails(tmp_path):
