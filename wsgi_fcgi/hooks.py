@@ -40,7 +40,7 @@ from .logs import describe_request
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
-Hook = Callable[..., Any]
+HookFunction = Callable[..., Any]  # a hook as the config holds it
 
 
 class BootHookFailed(StartupError):
@@ -118,7 +118,7 @@ class ResponseInfo:
         return int(code) if code.isdigit() else None
 
 
-def call_hook(name: str, hook: Hook, *args: Any) -> bool:
+def call_hook(name: str, hook: HookFunction, *args: Any) -> bool:
     """Run a hook whose failure must go no further; False if it raised (logged)."""
     try:
         hook(*args)
@@ -128,7 +128,7 @@ def call_hook(name: str, hook: Hook, *args: Any) -> bool:
     return True
 
 
-def boot_hook(name: str, hook: Hook, *args: Any) -> None:
+def boot_hook(name: str, hook: HookFunction, *args: Any) -> None:
     """Run post_fork or post_worker_init; BootHookFailed if it raised (logged)."""
     if not call_hook(name, hook, *args):
         raise BootHookFailed(f"the {name} hook failed (traceback above): the worker cannot boot",
@@ -143,10 +143,10 @@ class WorkerHooks:
 
     def __init__(self, info: WorkerInfo, config: Config) -> None:
         self.info = info
-        self.post_worker_init: Hook | None = config.post_worker_init
-        self.pre_request: Hook | None = config.pre_request
-        self.post_request: Hook | None = config.post_request
-        self.worker_abort: Hook | None = config.worker_abort
+        self.post_worker_init: HookFunction | None = config.post_worker_init
+        self.pre_request: HookFunction | None = config.pre_request
+        self.post_request: HookFunction | None = config.post_request
+        self.worker_abort: HookFunction | None = config.worker_abort
 
     @classmethod
     def from_config(cls, config: Config, info: WorkerInfo) -> WorkerHooks | None:
