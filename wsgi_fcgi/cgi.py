@@ -59,6 +59,7 @@ from . import protocol as p
 from .config import Config
 from .environ import usable_content_length
 from .handler import ERROR_500, SPOOL_THRESHOLD, ClientDisconnected, RequestHandler, WSGIApp
+from .hooks import HookedHandler, WorkerHooks, WorkerInfo
 from .errors import StartupError
 from .loader import load_app_at_startup
 from .privileges import identity_for, switch_to
@@ -254,14 +255,17 @@ def _run_once(app: WSGIApp) -> WSGIApp:
 
 
 def serve_request(app: WSGIApp, environ: Mapping[str, str], *, stdin_fd: int, stdout_fd: int,
-                  script_name: str | None = None, limit_request_body: int = 0) -> int:
+                  script_name: str | None = None, limit_request_body: int = 0,
+                  hooks: WorkerHooks | None = None) -> int:
     """Run the one request described by ``environ`` (a CGI process
     environment): the body from ``stdin_fd``, the response to ``stdout_fd``.
-    Returns the exit status (0: a complete response went out)."""
+    Returns the exit status (0: a complete response went out). ``hooks``:
+    pre_request and post_request run around it."""
     pairs = environ_pairs(environ)
     channel = _channel(pairs, stdin_fd, stdout_fd, limit_request_body)
-    handler = RequestHandler(_run_once(app), script_name=script_name, multiprocess=True,
-                             limit_request_body=limit_request_body)
+    options: dict[str, Any] = dict(script_name=script_name, multiprocess=True, limit_request_body=limit_request_body)
+    handler = (HookedHandler(hooks, _run_once(app), **options) if hooks is not None and hooks.per_request
+               else RequestHandler(_run_once(app), **options))
     try:
         handler.handle(channel, REQUEST_ID, p.FCGI_RESPONDER, pairs)
     finally:
@@ -298,21 +302,26 @@ def serve_cgi(config: Config, app: Callable[..., Any] | None, app_spec: str | No
     ``request`` is the environment the web server set, taken before --env
     added the app's variables: those are the app's, not the request's, and a
     request variable keeps the server's value.
-    A failure before the app runs is the generic 500 for the client and a
-    StartupError for the command line to print (one line on stderr)."""
+    A failure before the app runs (post_worker_init raising included) is the
+    generic 500 for the client and a StartupError for the command line to
+    print (one line on stderr). Hooks: post_worker_init, pre_request and
+    post_request; there is no master, and no timeout to abort on."""
     stdin_fd, stdout_fd = _take_over_streams()
     if "HTTP_PROXY" not in (config.env or {}):  # httpoxy, before the app's own code runs
         os.environ.pop("HTTP_PROXY", None)  # (one the operator set with --env is the app's own)
+    hooks = WorkerHooks.from_config(config, WorkerInfo(os.getpid()))
     try:
         switch_to(identity_for(config))
         if app is None:
             assert app_spec is not None
             app = load_app_at_startup(app_spec)
+        if hooks is not None:
+            hooks.initialized()
     except StartupError:
         _answer_500(request, stdin_fd, stdout_fd)
         raise
-    return serve_request(app, request, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
-                         script_name=config.script_name, limit_request_body=config.limit_request_body)
+    return serve_request(app, request, stdin_fd=stdin_fd, stdout_fd=stdout_fd, script_name=config.script_name,
+                         limit_request_body=config.limit_request_body, hooks=hooks)
 
 
 def _answer_500(request: Mapping[str, str], stdin_fd: int, stdout_fd: int) -> None:

@@ -83,7 +83,8 @@ def read_settings(argv: Sequence[str] | None = None) -> tuple[Config, str, bool]
         config_file = args.config or env_args.config
         if config_file:
             from_file = load_config_file(config_file)
-            app_spec = app_spec or from_file.pop("wsgi_app", None)
+            file_app = from_file.pop("wsgi_app", None)  # always: it is not a setting for update()
+            app_spec = app_spec or file_app
             config.update(from_file)
         config.update(_given(env_args))
         config.update(_given(args))
@@ -109,6 +110,9 @@ def check_config(config: Config, app_spec: str) -> int:
     for name, value in sorted(config.as_dict().items()):
         print(f"{name} = {value!r}")
     print(f"wsgi_app = {app_spec!r}")
+    hooks = config.hooks_set()
+    if hooks:
+        print(f"# hooks: {', '.join(hooks)}")  # functions: named, not printed
     try:
         activated = activated_listeners(config)
     except (AddressError, StartupError) as exc:
@@ -249,7 +253,9 @@ def open_status_socket(config: Config) -> tuple[Any, Address] | None:
 
 def _serve_in_process(config: Config, listeners: list[Any], app: Callable[..., Any] | None,
                       app_spec: str | None) -> int:
-    """One process, spawned by the web server, which manages processes itself."""
+    """One process, spawned by the web server, which manages processes itself.
+    No master, so of the hooks only the worker's run: post_worker_init (raising:
+    exit 3), pre_request, post_request."""
     from .worker import Worker
 
     switch_to(identity_for(config))  # the inherited socket is already open

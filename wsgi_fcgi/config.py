@@ -4,7 +4,10 @@ Strategy: ``SETTINGS`` is the one table -- name, command-line flag, parser,
 default, help. The command line (``cli.py``: its options, ``--help`` and its
 groups), the config file's names, ``serve(app, **options)`` and
 ``--check-config``'s output are all generated from it, so a setting cannot
-exist in one place and be missing in another. The README's flag table is
+exist in one place and be missing in another. ``HOOKS``, its sibling, declares
+the server hooks (functions, so a config file or ``serve`` only): each name,
+its arguments and where it runs; a hook is checked as a callable that takes
+exactly those arguments. The README's flag table is
 written by hand, a summary of the most used; ``tests/test_config.py`` checks
 that every flag it names is in the table. Parsers turn a string (from the command line or a config
 file) or a Python value (from ``serve``) into the checked value, and raise
@@ -409,15 +412,90 @@ SETTINGS: list[Setting] = [
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
+class Hook(NamedTuple):
+    """One server hook: gunicorn's name and arguments, and which process calls it."""
+
+    name: str
+    params: tuple[str, ...]
+    runs_in: str  # "master" or "worker"
+    help: str
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(self.params)})"
+
+
+HOOKS: list[Hook] = [
+    Hook("on_starting", ("server",), "master",
+         "The master starts: before --preload loads the app and before the first fork (sockets are open)."),
+    Hook("when_ready", ("server",), "master", "The master is set up; the first workers are started next."),
+    Hook("pre_fork", ("server", "worker"), "master", "Just before a worker is forked (worker.pid is None)."),
+    Hook("post_fork", ("server", "worker"), "worker",
+         "In the new worker, after fork and --user, before it loads the app (without --preload): close "
+         "what it inherited (database connections opened at import with --preload). Raising: a boot failure."),
+    Hook("post_worker_init", ("worker",), "worker",
+         "In the worker, once the app is loaded, before it accepts connections. Raising: a boot failure."),
+    Hook("pre_request", ("worker", "req"), "worker",
+         "Before each request (ping and status pages too). Raising: that request is answered 500."),
+    Hook("post_request", ("worker", "req", "environ", "resp"), "worker",
+         "After each response went out (or failed). Raising: logged."),
+    Hook("worker_abort", ("worker",), "worker",
+         "The worker is killed for --timeout (SIGABRT), before it exits: flush telemetry. With --threads: "
+         "in the worker's main thread, as it retires."),
+    Hook("worker_exit", ("server", "worker"), "master",
+         "A worker has exited and been reaped; worker.exit_code says how."),
+    Hook("on_reload", ("server",), "master", "HUP: before the new generation of workers is started."),
+    Hook("on_exit", ("server",), "master", "The master is about to exit, its workers gone."),
+]
+
+HOOKS_BY_NAME: dict[str, Hook] = {h.name: h for h in HOOKS}
+
+# gunicorn hooks with no counterpart here (no exec on USR2, no SSL, no SIGINT
+# hook in the worker): a config file ported from gunicorn that defines one is
+# told so, rather than having it silently never run.
+GUNICORN_ONLY_HOOKS = ("worker_int", "pre_exec", "child_exit", "nworkers_changed", "ssl_context")
+
+
+def check_hook(hook: Hook, value: Any) -> Callable[..., Any]:
+    """``value`` if it is a callable that takes the hook's arguments, else ConfigError naming the hook."""
+    if not callable(value):
+        raise ConfigError(f"hook {hook.name}: {value!r} is not callable; expected a function {hook.signature}")
+    import inspect  # only when a hook is set: a worker without hooks never imports it
+
+    try:
+        inspect.signature(value).bind(*hook.params)
+    except TypeError:
+        raise ConfigError(f"hook {hook.name}: {_describe_callable(value)} cannot be called with "
+                          f"{len(hook.params)} argument(s); expected {hook.signature}") from None
+    except ValueError:
+        pass  # no signature to read (some builtins): trust it
+    return value  # type: ignore[no-any-return]
+
+
+def _describe_callable(value: Any) -> str:
+    import inspect
+
+    name = getattr(value, "__qualname__", None) or type(value).__name__
+    try:
+        return f"{name}{inspect.signature(value)}"
+    except (TypeError, ValueError):
+        return str(name)
+
+
 class Config:
     """Checked settings, read by attribute (``config.workers``)."""
 
     def __init__(self, **values: Any) -> None:
         self._values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+        self._values.update((h.name, None) for h in HOOKS)
         self.update(values)
 
     def update(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
+            hook = HOOKS_BY_NAME.get(name)
+            if hook is not None:
+                self._values[name] = None if value is None else check_hook(hook, value)
+                continue
             setting = SETTINGS_BY_NAME.get(name)
             if setting is None:
                 raise ConfigError(f"unknown setting {name!r}")
@@ -442,7 +520,12 @@ class Config:
             raise AttributeError(name) from None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+        """The settings (not the hooks) by name."""
+        return {name: value for name, value in self._values.items() if name not in HOOKS_BY_NAME}
+
+    def hooks_set(self) -> list[str]:
+        """The names of the hooks that are set, in HOOKS order."""
+        return [hook.name for hook in HOOKS if self._values[hook.name] is not None]
 
 
 def default_workers(spawned_on_fd0: bool) -> int:
@@ -487,7 +570,9 @@ def load_config_file(path: str) -> dict[str, Any]:
     A Python file rather than TOML: the standard library reads TOML only from
     Python 3.11 on, and gunicorn's users already write their config this way.
     Names starting with ``_``, imported modules and functions are helpers, not
-    settings; any other unknown name is an error, with a suggestion.
+    settings -- except a function named as a hook (``def post_fork(server,
+    worker)``), which is that hook; any other unknown name is an error, with a
+    suggestion.
     """
     import difflib
     import types
@@ -504,9 +589,14 @@ def load_config_file(path: str) -> dict[str, Any]:
         line = getattr(exc, "lineno", None)
         where = f", line {line}" if line else ""
         raise ConfigError(f"--config {path}{where}: {type(exc).__name__}: {exc}") from None
+    for name in GUNICORN_ONLY_HOOKS:
+        if callable(namespace.get(name)):
+            raise ConfigError(f"--config {path}: {name} is a gunicorn hook that wsgi_fcgi does not run "
+                              f"(its hooks: {', '.join(HOOKS_BY_NAME)})")
     values = {name: value for name, value in namespace.items()
-              if not name.startswith("_") and not isinstance(value, (types.ModuleType, types.FunctionType, type))}
-    known = set(SETTINGS_BY_NAME) | set(CONFIG_FILE_EXTRAS)
+              if name in HOOKS_BY_NAME or (not name.startswith("_") and not isinstance(
+                  value, (types.ModuleType, types.FunctionType, type)))}
+    known = set(SETTINGS_BY_NAME) | set(HOOKS_BY_NAME) | set(CONFIG_FILE_EXTRAS)
     for name in values:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .config import Config, ConfigError
 from .handler import Channel, ClientDisconnected, RequestHandler, StartResponse, WSGIApp
-from .logs import request_line
+from .hooks import Request as _Request  # the req of our own hooks: gunicorn's attributes
 from .worker import Worker, allowed_networks
 
 __all__ = ["FastCGIWorker"]
@@ -258,27 +258,6 @@ class FastCGIWorker(_GunicornWorker):  # type: ignore[misc]  # gunicorn is untyp
         connection would be garbage. The request handler answers app errors
         itself (a 500 on STDOUT, the traceback on FCGI_STDERR), so only log."""
         self.log.error("Error handling a FastCGI request", exc_info=(type(exc), exc, exc.__traceback__))
-
-
-class _Request:
-    """The request as gunicorn's hooks and access log read it (``method``,
-    ``path``, ``query``, ``uri``, ``version``, ``headers`` as (NAME, value))."""
-
-    __slots__ = ("method", "path", "query", "uri", "version", "headers", "scheme")
-
-    def __init__(self, environ: dict[str, Any]) -> None:
-        self.method, self.uri = request_line(environ)  # what our own logs call this request
-        self.path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
-        self.query = str(environ.get("QUERY_STRING", ""))
-        self.scheme = str(environ.get("wsgi.url_scheme", "http"))
-        protocol = str(environ.get("SERVER_PROTOCOL", "HTTP/1.0"))
-        major, _, minor = protocol.partition("/")[2].partition(".")
-        self.version = (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (1, 0)
-        self.headers = [(name[5:].replace("_", "-"), str(value)) for name, value in environ.items()
-                        if name.startswith("HTTP_")]
-        for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            if name in environ:
-                self.headers.append((name.replace("_", "-"), str(environ[name])))
 
 
 class _Response:

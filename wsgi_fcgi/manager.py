@@ -36,6 +36,11 @@ Under systemd (Type=notify) the same loop tells systemd what it sees
 (systemd.py): READY=1 once the first generation can serve, RELOADING=1 on
 HUP and READY=1 again when the new generation is up, STOPPING=1 on a stop,
 and the pool's figures as STATUS=, when they change, rate-limited.
+
+Server hooks (hooks.py) run at the points gunicorn's do: on_starting and
+when_ready in ``_setup``, pre_fork before each fork and post_fork in the child,
+on_reload on HUP, worker_exit once a worker is reaped, on_exit in
+``_teardown``. A hook that raises in the master is logged and the loop goes on.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from typing import Any, NoReturn
 from collections.abc import Callable, Sequence
 
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, StartupError
+from .hooks import WorkerInfo, boot_hook, call_hook
 from .config import Config
 from .limits import MIB, resident_bytes
 from .loader import AppLoadError, load_app, load_app_at_startup
@@ -106,10 +112,12 @@ class WorkerProcess:
     A plain class, not a dataclass: see config.Setting."""
 
     __slots__ = ("pid", "slot", "started", "probe", "booted", "old", "stop_reason", "kill_at", "threads",
-                 "slow_reported")
+                 "slow_reported", "info")
 
-    def __init__(self, pid: int, slot: int, started: float, probe: bool = False) -> None:
+    def __init__(self, pid: int, slot: int, started: float, probe: bool = False,
+                 info: WorkerInfo | None = None) -> None:
         self.pid = pid
+        self.info = info or WorkerInfo(pid, slot)  # the ``worker`` its hooks got
         self.slot = slot
         self.started = started
         self.probe = probe  # ondemand start-up check: loads the app and exits 0
@@ -145,6 +153,11 @@ class Arbiter:
     ``app`` is a WSGI callable already loaded in this process (``serve(app)``
     or ``--preload``); otherwise each worker loads ``app_spec`` after fork and
     the master never imports the app.
+
+    The ``server`` the hooks get is this object; its public attributes, the
+    ones hooks may rely on: ``pid`` (the master's), ``config`` (the settings,
+    ``server.config.workers``), ``addresses`` (where it listens),
+    ``num_workers`` (the pool size, or its maximum) and ``worker_pids``.
     """
 
     def __init__(self, config: Config, listeners: Sequence[Any], addresses: Sequence[Address], *,
@@ -200,6 +213,7 @@ class Arbiter:
         self._notifier = Notifier(None)  # the real one is read from the environment in _setup
         self._ready_pending = True  # READY=1 is owed once the current generation is up
         self._ready_sent = False
+        self._spawned = 0  # workers forked so far: the next one's WorkerInfo.age
         self._actions: dict[int, Callable[[], None]] = {
             signal.SIGTERM: lambda: self._begin_stop(GRACEFUL),
             signal.SIGINT: lambda: self._begin_stop(QUICK),
@@ -209,6 +223,26 @@ class Arbiter:
             signal.SIGTTOU: lambda: self._resize(-1),
             signal.SIGUSR1: self._reopen_logs,
         }
+
+    # --- what hooks see ------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self._master_pid
+
+    @property
+    def num_workers(self) -> int:
+        return self.target
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return sorted(pid for pid, worker in self.workers.items() if not worker.probe)
+
+    def _hook(self, name: str, *args: Any) -> None:
+        """Run a master hook if it is set; one that raises is logged, never fatal."""
+        hook = getattr(self.config, name)
+        if hook is not None:
+            call_hook(name, hook, self, *args)
 
     # --- the loop ---------------------------------------------------------------
 
@@ -246,6 +280,7 @@ class Arbiter:
         """Everything before the first fork (StartupError if we cannot start);
         True when interrupted before serving."""
         self._notifier = Notifier.from_environ()  # first: a preloaded app must not see NOTIFY_SOCKET either
+        self._hook("on_starting")
         self._remember_socket_files()
         self._identity = identity_for(self.config)
         _set_title(f"wsgi_fcgi: master [{self.label}]")
@@ -266,6 +301,7 @@ class Arbiter:
                        "up to " if self.pool != "static" else "", self.target,
                        f" x {self.threads} threads" if self.threads > 1 else "", self.label,
                        ", ".join(str(a) for a in self.addresses))
+        self._hook("when_ready")
         if self.pool == "ondemand" and self.app is None:
             self._spawn(probe=True)  # find an unimportable app now, not at the first request
         return False
@@ -345,6 +381,7 @@ class Arbiter:
         Listening sockets stay open throughout, so no connection is refused."""
         if self._stopping:
             return
+        self._hook("on_reload")
         if self.app is None:
             error_log.info("reloading: new workers load %s afresh", self.label)
         else:
@@ -411,8 +448,12 @@ class Arbiter:
                 worker.booted = True  # it may have booted and exited between two looks
             self._free_slots.append(worker.slot)
             self._read_reports()
-            self._on_exit(worker, os.waitstatus_to_exitcode(status))
+            code = os.waitstatus_to_exitcode(status)
+            self._on_exit(worker, code)
             self._reports.pop(pid, None)
+            if not worker.probe:
+                worker.info.exit_code = code
+                self._hook("worker_exit", worker.info)
 
     def _on_exit(self, worker: WorkerProcess, code: int) -> None:
         pid, how = worker.pid, _describe_exit(code)
@@ -700,6 +741,11 @@ class Arbiter:
         max_requests = self.config.max_requests
         if max_requests:
             max_requests += random.randint(0, self.config.max_requests_jitter)
+        info = None
+        if not probe:  # a probe only checks that the app loads: no worker, no worker hooks
+            self._spawned += 1
+            info = WorkerInfo(None, index, self._spawned)
+            self._hook("pre_fork", info)
         # A signal the child gets before _become_child has replaced the master's
         # handlers is lost: CPython drops those that arrive during fork, and the
         # master's handler only queues. (Seen: TTOU right after TTIN, the new
@@ -716,9 +762,11 @@ class Arbiter:
             self._back_off()
             return
         if pid == 0:
-            self._worker_main(index, max_requests, probe)
+            self._worker_main(index, max_requests, info)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        self.workers[pid] = WorkerProcess(pid, index, self.clock(), probe=probe)
+        if info is not None:
+            info.pid = pid
+        self.workers[pid] = WorkerProcess(pid, index, self.clock(), probe=probe, info=info)
         error_log.info("started %s %d", "a check that the app loads:" if probe else "worker", pid)
 
     def _retire(self, worker: WorkerProcess, reason: str) -> None:
@@ -747,29 +795,34 @@ class Arbiter:
 
     # --- in the child -------------------------------------------------------------
 
-    def _worker_main(self, index: int, max_requests: int, probe: bool) -> NoReturn:
-        """The forked child. Whatever happens in it, it must never return into the master's loop."""
+    def _worker_main(self, index: int, max_requests: int, info: WorkerInfo | None) -> NoReturn:
+        """The forked child (a probe when ``info`` is None). Whatever happens in
+        it, it must never return into the master's loop."""
         code = EXIT_BOOT_ERROR
         try:
-            code = self._serve_as_worker(index, max_requests, probe)
+            code = self._serve_as_worker(index, max_requests, info)
         finally:
             _flush_output()
             os._exit(code)
 
-    def _serve_as_worker(self, index: int, max_requests: int, probe: bool) -> int:
-        """Load the app (unless preloaded) and serve; the exit code."""
+    def _serve_as_worker(self, index: int, max_requests: int, info: WorkerInfo | None) -> int:
+        """post_fork, load the app (unless preloaded) and serve; the exit code."""
         booted = False
         try:
             self._become_child()
             _set_title(f"wsgi_fcgi: worker [{self.label}]")
             switch_to(self._identity)
+            if info is not None:
+                info.pid = os.getpid()
+                if self.config.post_fork is not None:  # after --user: hook code never runs as root in a worker
+                    boot_hook("post_fork", self.config.post_fork, self, info)
             app = self.app if self.app is not None else load_app(self.app_spec or "")
             os.close(self._report_w)  # only boot failures are reported
-            if probe:
-                return 0
+            if info is None:
+                return 0  # the probe: the app loads
             worker = Worker.from_config(app, self.listeners, self.config, max_requests=max_requests,
                                         pool_size=self.target, scoreboard=self.scoreboard, slot_index=index,
-                                        parent_pid=self._master_pid)
+                                        parent_pid=self._master_pid, info=info)
             booted = True
             worker.run()
             return 0
@@ -920,6 +973,7 @@ class Arbiter:
         self._remove_pidfile()
         self._notifier.close()
         self._close_status()
+        self._hook("on_exit")
         gc.unfreeze()  # serve() may return into a program that goes on
         if self._exit_code == 0:
             error_log.info("master %d: stopped", os.getpid())

@@ -292,6 +292,8 @@ class ThreadedWorker(Worker):
             others = self.busy - len(self._stuck)
         error_log.error("worker %d retires: a thread cannot be killed, so it takes no new connections; "
                         "its %d other request(s) in progress may finish", os.getpid(), max(others, 0))
+        if self.hooks is not None:
+            self.hooks.aborted()  # worker_abort, on this (the loop's) thread: the stuck one cannot run it
         self.alive = False
 
     def _log_slow_threads(self) -> None:

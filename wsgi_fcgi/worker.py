@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from . import protocol as p
 from .config import Config, parse_networks
 from .handler import ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
+from .hooks import HookedHandler, WorkerHooks, WorkerInfo
 from .logs import AccessLog, reopen_files
 from .scoreboard import Scoreboard, Slot, SlotState
 from .status import ping_page, status_page
@@ -371,10 +372,14 @@ class Worker:
                  limit_request_body: int = 0, max_idle_connections: int = 32,
                  allowed_peers: Sequence[Any] = (), access_log: AccessLog | None = None,
                  pages: dict[str, Any] | None = None, slow_log_fd: int = 2, reload: bool = False,
-                 reload_on_touch: str | None = None) -> None:
-        self.handler = RequestHandler(app, script_name=script_name, multiprocess=multiprocess,
-                                      multithread=multithread, limit_request_body=limit_request_body,
-                                      access_log=access_log, pages=pages)
+                 reload_on_touch: str | None = None, hooks: WorkerHooks | None = None) -> None:
+        handler_options: dict[str, Any] = dict(script_name=script_name, multiprocess=multiprocess,
+                                               multithread=multithread, limit_request_body=limit_request_body,
+                                               access_log=access_log, pages=pages)
+        self.hooks = hooks
+        if hooks is not None:
+            hooks.info.attach(self)
+        self.handler = _request_handler(app, hooks, handler_options)
         self.slow_log_fd = slow_log_fd
         self.source_watch = source_watch() if reload else None
         # --reload-on-touch without a master (fd 0: mod_fcgid): exit between requests,
@@ -410,9 +415,10 @@ class Worker:
     @staticmethod
     def from_config(app: WSGIApp, listeners: list[socket.socket], config: Config, *, max_requests: int,
                     pool_size: int, scoreboard: Scoreboard | None = None, slot_index: int = 0,
-                    parent_pid: int | None = None) -> Worker:
+                    parent_pid: int | None = None, info: WorkerInfo | None = None) -> Worker:
         """The one place where settings become worker options (master and
-        single-process mode): a Worker, or a ThreadedWorker with --threads."""
+        single-process mode): a Worker, or a ThreadedWorker with --threads.
+        ``info`` is the ``worker`` its hooks get (the master made it at fork)."""
         if scoreboard is None:  # no master: a scoreboard of our own, for the status page
             scoreboard = Scoreboard(1, pool_size=1, threads=config.threads)
         slots = scoreboard.worker_slots(slot_index)
@@ -429,7 +435,8 @@ class Worker:
             max_idle_connections=config.max_idle_connections, allowed_peers=allowed_networks(config),
             access_log=AccessLog(config.access_logformat), pages=pages,
             slow_log_fd=open_slow_log(config), reload=config.reload,
-            reload_on_touch=config.reload_on_touch if parent_pid is None else None)
+            reload_on_touch=config.reload_on_touch if parent_pid is None else None,
+            hooks=WorkerHooks.from_config(config, info or WorkerInfo(os.getpid(), slot_index)))
         if config.threads == 1:
             return Worker(app, listeners, slot=slots[0], **options)
         from .threaded import ThreadedWorker
@@ -481,6 +488,8 @@ class Worker:
         stack = "".join(traceback.format_stack(frame)) if frame else ""
         error_log.error("worker %d killed by the timeout while handling %s; it was here:\n%s",
                         os.getpid(), state.request or "a request", stack.rstrip())
+        if self.hooks is not None:
+            self.hooks.aborted()  # worker_abort, before the process is gone: e.g. flush telemetry
         logging.shutdown()
         os._exit(1)
 
@@ -497,6 +506,8 @@ class Worker:
         listening sockets and the signal pipe."""
         self._install_signals()
         _keep_freed_memory()
+        if self.hooks is not None:
+            self.hooks.initialized()  # post_worker_init: raising, it leaves the slots unclaimed (not booted)
         self._claim_slots(os.getpid())
         epoll = self._epoll = select.epoll()
         for sock in self.listeners.values():
@@ -815,6 +826,13 @@ class Worker:
     def _count_request(self, slot: Slot) -> None:
         self.requests += 1
         slot.end()
+
+
+def _request_handler(app: WSGIApp, hooks: WorkerHooks | None, options: dict[str, Any]) -> RequestHandler:
+    """The plain handler unless pre_request or post_request is set: no hook, no cost per request."""
+    if hooks is None or not hooks.per_request:
+        return RequestHandler(app, **options)
+    return HookedHandler(hooks, app, **options)
 
 
 def _keep_freed_memory() -> None:
