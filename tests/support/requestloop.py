@@ -50,13 +50,15 @@ class RequestLoop(threading.Thread):
 
     ``results`` holds every outcome in order as ``(status, text)``, status 0
     for a transport failure; ``bodies`` the texts of the 200s, ``errors`` a
-    description of every other outcome."""
+    description of every other outcome. ``pause`` between requests sets the
+    pace, so that ``limit`` lasts through what a test waits for."""
 
-    def __init__(self, fetch: Fetch, *, limit: int = 300, seconds: float = 10) -> None:
+    def __init__(self, fetch: Fetch, *, limit: int = 300, seconds: float = 10, pause: float = PAUSE) -> None:
         super().__init__(daemon=True)
         self.fetch = fetch
         self.limit = limit
         self.seconds = seconds
+        self.pause = pause
         self.results: List[Tuple[int, str]] = []
         self.bodies: List[str] = []
         self.errors: List[str] = []
@@ -66,7 +68,7 @@ class RequestLoop(threading.Thread):
         deadline = time.monotonic() + self.seconds
         while not self._stop_event.is_set() and len(self.results) < self.limit and time.monotonic() < deadline:
             self._one()
-            time.sleep(PAUSE)
+            time.sleep(self.pause)
 
     def _one(self) -> None:
         try:
