@@ -7,7 +7,8 @@
   ``.address``, ``.addresses``, ``.socket_path``, ``.pid``, ``.stderr_text()``,
   ``.stop(sig, timeout)``, ``.returncode``, ``.leftover_pids``.
 - ``nginx(site="app-root.conf", socket=...)`` starts nginx with a template of
-  ``examples/nginx/`` and returns a ``support.webservers.Nginx``: ``.url``,
+  ``examples/nginx/`` (``http_site=`` adds an http-level one, such as an
+  ``upstream``) and returns a ``support.webservers.Nginx``: ``.url``,
   ``.port``, ``.pid``, ``.error_log_text()``, ``.stop()``.
 - ``tls_cert`` (session): a throwaway self-signed ``TLSCert`` for the HTTPS
   listeners.
@@ -91,8 +92,8 @@ def wsgi_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
 def nginx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
     servers: List[Nginx] = []
 
-    def start(site: str = "app-root.conf", *, site_text: Any = None, **values: Any) -> Nginx:
-        server = Nginx(tmp_path / f"nginx-{len(servers)}", site, values, site_text=site_text)
+    def start(site: str = "app-root.conf", *, site_text: Any = None, http_site: Any = None, **values: Any) -> Nginx:
+        server = Nginx(tmp_path / f"nginx-{len(servers)}", site, values, site_text=site_text, http_site=http_site)
         servers.append(server)
         server.start()
         return server

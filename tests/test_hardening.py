@@ -21,7 +21,7 @@ import pytest
 from wsgi_fcgi import protocol as p
 from wsgi_fcgi.client import Client
 
-from support.fastcgi import children_of, raw_connect, read_events, request_bytes
+from support.fastcgi import children_of, connect_from, raw_connect, read_events, request_bytes
 from support.net import free_port
 from support.procfs import asleep_in_epoll_wait, epoll_watched, listening_unix_inode
 from support.waiting import wait_for
@@ -38,14 +38,6 @@ def server(wsgi_server: Callable[..., Any]) -> Callable[..., Any]:
             options["env"] = env
         return wsgi_server(APP, *args, **options)
     return start
-
-
-def connect_from(source: str, port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.settimeout(10)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 def closed_without_answer(sock: socket.socket) -> bool:

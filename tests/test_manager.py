@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -27,6 +26,7 @@ import pytest
 
 from support import REPO_ROOT
 from support.processes import WsgiFcgiServer, server_env
+from support.requestloop import RequestLoop, fastcgi_get, write_module
 from support.waiting import wait_for
 from wsgi_fcgi.client import Client, FastCGIError, Response
 
@@ -122,58 +122,6 @@ def uses_setproctitle() -> bool:
     except ImportError:
         return False
     return True
-
-
-class RequestLoop(threading.Thread):
-    """Sequential requests until stopped, at most ``limit`` of them or ``seconds`` long."""
-
-    def __init__(self, server: WsgiFcgiServer, path: str = "/", *, limit: int = 300, seconds: float = 10) -> None:
-        super().__init__(daemon=True)
-        self.address = server.address
-        self.path = path
-        self.limit = limit
-        self.seconds = seconds
-        self.bodies: List[str] = []
-        self.errors: List[str] = []
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        deadline = time.monotonic() + self.seconds
-        while not self._stop_event.is_set() and len(self.bodies) + len(self.errors) < self.limit \
-                and time.monotonic() < deadline:
-            try:
-                response = Client(self.address, timeout=10).request(self.path)
-            except FastCGIError as exc:
-                self.errors.append(str(exc))
-                continue
-            if response.status == 200:
-                self.bodies.append(response.body.decode())
-            else:
-                self.errors.append(f"status {response.status}: {response.body!r}")
-            time.sleep(0.01)  # steady, not a load test: the box is shared
-
-    def wait_ok(self, count: int, timeout: float = 10) -> None:
-        target = len(self.bodies) + count
-        wait_for(lambda: len(self.bodies) >= target or not self.is_alive(), timeout=timeout,
-                 what=f"{count} more successful requests")
-        assert len(self.bodies) >= target, f"the request loop ended early: {self.errors[-3:]}"
-
-    def finish(self) -> None:
-        self._stop_event.set()
-        self.join(15)
-        assert not self.is_alive()
-
-
-def write_module(path: Path, version: str, extra: str = "") -> None:
-    """A tiny app whose answer is its VERSION and the pid serving it.
-    The size changes with the version, so a cached .pyc can never pass for it."""
-    path.write_text(
-        f"import os\n{extra}\nVERSION = {version!r}\n\n"
-        "def app(environ, start_response):\n"
-        "    data = f'{VERSION} {os.getpid()}'.encode()\n"
-        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-        "    return [data]\n"
-    )
 
 
 @pytest.fixture
@@ -297,7 +245,7 @@ def test_killed_worker_is_replaced_and_only_its_request_fails(server, tmp_path):
         except FastCGIError as exc:
             slow_errors.append(exc)
 
-    loop = RequestLoop(srv)
+    loop = RequestLoop(fastcgi_get(srv.address))
     loop.start()
     slow = threading.Thread(target=slow_request, daemon=True)
     try:
@@ -365,7 +313,7 @@ def test_hup_reloads_new_code_with_no_failed_request(server, tmp_path):
     write_module(module, "v1")
     srv = server("--workers", "2", app="hupapp:app", pythonpath=[tmp_path], env={"PYTHONDONTWRITEBYTECODE": "1"})
     old = wait_workers(srv, 2)
-    loop = RequestLoop(srv)
+    loop = RequestLoop(fastcgi_get(srv.address))
     loop.start()
     try:
         loop.wait_ok(20)
@@ -397,7 +345,7 @@ def test_touching_the_reload_file_reloads_new_code_with_no_failed_request(server
     srv = server("--workers", "2", "--reload-on-touch", str(restart), app="touchapp:app", pythonpath=[tmp_path],
                  env={"PYTHONDONTWRITEBYTECODE": "1"})
     first = wait_workers(srv, 2)
-    loop = RequestLoop(srv, seconds=60, limit=3000)
+    loop = RequestLoop(fastcgi_get(srv.address), seconds=60, limit=3000)
     loop.start()
     try:
         loop.wait_ok(20)
@@ -419,7 +367,7 @@ def test_hup_with_broken_code_keeps_the_old_workers_serving(server, tmp_path):
     srv = server("--workers", "2", app="brokenapp:app", pythonpath=[tmp_path],
                  env={"PYTHONDONTWRITEBYTECODE": "1"})
     old = wait_workers(srv, 2)
-    loop = RequestLoop(srv)
+    loop = RequestLoop(fastcgi_get(srv.address))
     loop.start()
     try:
         loop.wait_ok(10)

@@ -7,6 +7,9 @@ front of it, and a small streaming HTTP client.
   payloads and their sha256.
 - ``support.load``: bounded load runs (wrk), nginx/Apache set up for kept-alive
   connections under load, the shared machine's load, connections per worker.
+- ``support.requestloop``: ``RequestLoop``, a steady bounded request loop in
+  a thread (over FastCGI or through a web server) that records every
+  outcome; ``write_module``, an app whose answer is its VERSION.
 - ``support.waiting``: ``wait_for``, the one way a test waits (poll an
   observable state until a deadline; never a fixed sleep).
 - ``support.net``: the one bind-spec parser (``parse_address``), ``connect``,

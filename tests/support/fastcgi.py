@@ -18,6 +18,21 @@ def raw_connect(address: str) -> socket.socket:
     return connect(address, timeout=10)
 
 
+def connect_from(source: str, port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A TCP connection to ``host:port`` from the local address ``source``: any
+    127/8 address is this machine's, so a test can be "another host" to a
+    server's --allowed-addr."""
+    sock = socket.socket()
+    try:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def request_bytes(request_id: int = 1, path: str = "/hello", keep_conn: bool = False, body: bytes = b"",
                   role: int = p.FCGI_RESPONDER) -> bytes:
     path_info, _, query = path.partition("?")
