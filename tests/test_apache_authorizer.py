@@ -79,7 +79,8 @@ def site(shared_dirs) -> Iterator[Protected]:
 def test_allowed_request_reaches_app_with_variables(site: Protected) -> None:
     r = site.http.get("/protected/whoami", headers={"X-Api-Key": "alice-secret"})
     assert r.status == 200, r.body
-    assert r.json() == {"REMOTE_USER": "alice", "authz": {"AUTHZ_USER": "alice", "AUTHZ_ROLE": "editor"}}
+    assert r.json() == {
+        "REMOTE_USER": "alice", "authz": {"AUTHZ_USER": "alice", "AUTHZ_ROLE": "editor"}, "authorization": None}
 
 
 def test_allowed_request_routes_in_the_app(site: Protected) -> None:

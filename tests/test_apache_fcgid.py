@@ -18,20 +18,28 @@ Apache and never reach the app); the app's stderr (tracebacks) goes to
 Apache's error log; FcgidMaxRequestsPerProcess recycles processes without a
 failed request; stopping or gracefully restarting Apache leaves no app
 process behind.
+
+mod_fcgid's own authorizer roles (``fcgid-authorizer.conf``, shown in
+docs/apache-authorizer.md): FcgidAccessChecker, FcgidAuthenticator and
+FcgidAuthorizer pointing at examples/fcgid_authorizer/dispatch.fcgi, which
+mod_fcgid spawns like the app; each decision, allowed and denied, with what
+Apache logs and sends to the client.
 """
 
 from __future__ import annotations
 
+import base64
 import pwd
 import shutil
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
 
 from support import EXAMPLES_DIR, FLASK_APP_DIR
-from support.httpclient import HashingPayload
+from support.httpclient import HashingPayload, HTTPClient, HTTPResult
 from support.sites import BARE_APP, SLASH_404, HostingHome, Site, SiteChecks, hosting_home
 from support.waiting import wait_for
 from support.webservers import UNPRIVILEGED_USER, Apache, TLSCert, processes_running
@@ -184,3 +192,99 @@ def test_front_controller_rewrite_without_path(shared_dirs, hosting_venv) -> Non
         r = Site("front-controller", web, "", SLASH_404).http.get("/env/x?q=1")
         assert r.status == 200, r.body
         assert (r.json()["SCRIPT_NAME"], r.json()["PATH_INFO"]) == ("", "/env/x")
+
+
+# -- mod_fcgid's own authorizer roles (examples/apache/fcgid-authorizer.conf) -----
+
+
+@dataclass
+class FcgidProtected:
+    """The example Flask app at /private, behind the three authorizer roles
+    of examples/fcgid_authorizer, both started by Apache's mod_fcgid."""
+
+    web: Apache
+
+    def get(self, path: str, user: str = "", password: str = "") -> HTTPResult:
+        headers = {"Authorization": basic_auth(user, password)} if user else {}
+        return HTTPClient(self.web.url, timeout=30).get(path, headers=headers)
+
+    def wait_for_log(self, line: str) -> None:
+        wait_for(lambda: line in self.web.error_log_text(), timeout=10, what=f"{line!r} in Apache's error log")
+
+
+# How mod_fcgid logs a role's refusal: "<what> failed, reason: script returned status <status>"
+REFUSED = "failed, reason: script returned status"
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def fcgid_protected(shared_dirs, hosting_venv) -> Iterator[FcgidProtected]:
+    base = shared_dirs("wfcgi-fcgid-authorizer-")
+    app = hosting_home(base / "app", hosting_venv, FLASK_APP_DIR)
+    authorizer = hosting_home(base / "authorizer", hosting_venv, EXAMPLES_DIR / "fcgid_authorizer")
+    values = {"app_dir": app.fcgi_bin, "auth_dir": authorizer.fcgi_bin}
+    web = Apache(base / "apache", "fcgid-authorizer.conf", values)
+    try:
+        web.start()
+        yield FcgidProtected(web)
+    finally:
+        web.stop()
+
+
+def test_fcgid_authorizer_roles_allow_and_pass_variables(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/whoami", "alice", "alice-password")
+    assert r.status == 200, (r.body, fcgid_protected.web.error_log_text())
+    # Each role's Variable-* header became a CGI variable of the app behind.
+    authz = {"AUTHZ_ACCESS": "open", "AUTHZ_ROLE": "editor", "AUTHZ_SCOPE": "write"}
+    # The credentials themselves stay with Apache (no CGIPassAuth here).
+    assert r.json() == {"REMOTE_USER": "alice", "authz": authz, "authorization": None}
+    # mod_fcgid also copies them into the response; `Header always unset` removes them.
+    assert [name for name, _ in r.headers if name.lower().startswith("variable-")] == []
+    # All three were asked, in this order, each told its FCGI_APACHE_ROLE.
+    for role, user in (("ACCESS_CHECKER", "-"), ("AUTHENTICATOR", "alice"), ("AUTHORIZER", "alice")):
+        fcgid_protected.wait_for_log(f"authorizer: {role} user={user} /private/whoami: 200 OK")
+
+
+def test_fcgid_access_checker_denies_before_sign_in(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/closed/a", "alice", "alice-password")
+    assert r.status == 401  # Apache's own page: the checker's 403 is not passed on
+    assert b"Unauthorized" in r.body
+    fcgid_protected.wait_for_log("authorizer: ACCESS_CHECKER user=- /private/closed/a: 403 Forbidden")
+    fcgid_protected.wait_for_log(f"Access check to access /private/closed/a {REFUSED} 403")
+    # The app writes its lines before it answers: by the 401, any would be there.
+    assert "AUTHENTICATOR user=alice /private/closed/a" not in fcgid_protected.web.error_log_text()
+
+
+def test_fcgid_authenticator_gets_remote_user_and_password(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/hello/wrong-password", "alice", "wrong")
+    assert r.status == 401
+    assert r.header("WWW-Authenticate") == 'Basic realm="private"'  # the browser asks again
+    # The earlier roles' Variable-* headers reach the client with a denial:
+    # `Header always unset` does not cover it. Keep secrets out of them.
+    assert r.header("Variable-AUTHZ_ACCESS") == "open"
+    fcgid_protected.wait_for_log("authorizer: AUTHENTICATOR user=alice /private/hello/wrong-password: 401 Unauthorized")
+    fcgid_protected.wait_for_log(f"Authentication of user alice to access /private/hello/wrong-password {REFUSED} 401")
+    # The right password for the same user: REMOTE_PASSWD is what was sent.
+    assert fcgid_protected.get("/private/hello/x", "alice", "alice-password").text == "Hello, x!"
+
+
+def test_fcgid_authenticator_not_asked_without_credentials(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/hello/anonymous")
+    assert r.status == 401  # mod_auth_basic's challenge, before mod_fcgid is involved
+    assert r.header("WWW-Authenticate") == 'Basic realm="private"'
+    fcgid_protected.wait_for_log("authorizer: ACCESS_CHECKER user=- /private/hello/anonymous: 200 OK")
+    # The app writes its lines before it answers: by the 401, any would be there.
+    assert "AUTHENTICATOR user=- /private/hello/anonymous" not in fcgid_protected.web.error_log_text()
+
+
+def test_fcgid_authorizer_sees_user_and_path(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/admin/b", "bob", "bob-password")
+    assert r.status == 401  # Apache's, for the authorizer's 403
+    fcgid_protected.wait_for_log("authorizer: AUTHORIZER user=bob /private/admin/b: 403 Forbidden")
+    fcgid_protected.wait_for_log(f"Authorization of user bob to access /private/admin/b {REFUSED} 403")
+    # an editor may: the app's own 404 (Werkzeug's text)
+    r = fcgid_protected.get("/private/admin/b", "alice", "alice-password")
+    assert r.status == 404 and b"not found on the server" in r.body

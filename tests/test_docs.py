@@ -36,6 +36,7 @@ SHOWN = [
     "examples/systemd/*.service",
     "examples/systemd/*.socket",
     "examples/authorizer/*.py",
+    "examples/fcgid_authorizer/*.py",
     "examples/*/dispatch.fcgi",
 ]
 # Test wrappers, not deployment configs (the guides link to them instead).
