@@ -23,7 +23,8 @@ mod_fcgid's own authorizer roles (``fcgid-authorizer.conf``, shown in
 docs/apache-authorizer.md): FcgidAccessChecker, FcgidAuthenticator and
 FcgidAuthorizer pointing at examples/fcgid_authorizer/dispatch.fcgi, which
 mod_fcgid spawns like the app; each decision, allowed and denied, with what
-Apache logs and sends to the client.
+Apache logs and sends to the client. The Authorization header reaches the
+app only with ``CGIPassAuth On`` or ``FcgidPassHeader Authorization``.
 """
 
 from __future__ import annotations
@@ -288,3 +289,32 @@ def test_fcgid_authorizer_sees_user_and_path(fcgid_protected: FcgidProtected) ->
     # an editor may: the app's own 404 (Werkzeug's text)
     r = fcgid_protected.get("/private/admin/b", "alice", "alice-password")
     assert r.status == 404 and b"not found on the server" in r.body
+
+
+# -- the Authorization header (CGIPassAuth, FcgidPassHeader) ----------------------
+
+# Apache sends the Basic user only to show it arrived; Bearer: just the scheme.
+CREDENTIALS = [
+    (basic_auth("alice", "secret"), {"type": "basic", "username": "alice"}),
+    ("Bearer some-token", {"type": "bearer", "username": None}),
+]
+
+
+@pytest.mark.parametrize(
+    "template, passed",
+    [("fcgid-scriptalias.conf", False), ("fcgid-passauth.conf", True), ("fcgid-passheader.conf", True)],
+)
+def test_authorization_header_reaches_app_only_when_passed(shared_dirs, hosting_venv, template, passed) -> None:
+    """Apache keeps the Authorization header from FastCGI apps by default;
+    CGIPassAuth On and FcgidPassHeader Authorization pass it on."""
+    base = shared_dirs("wfcgi-fcgid-passauth-")
+    home = hosting_home(base, hosting_venv, FLASK_APP_DIR)
+    web = Apache(base / "apache", template, {"app_dir": home.fcgi_bin, "max_requests": 1000})
+    try:
+        web.start()
+        for header, seen in CREDENTIALS:
+            r = HTTPClient(web.url).get("/app/whoami", headers={"Authorization": header})
+            assert r.status == 200, (r.body, web.error_log_text())
+            assert r.json()["authorization"] == (seen if passed else None), header
+    finally:
+        web.stop()
