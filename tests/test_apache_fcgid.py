@@ -25,6 +25,11 @@ FcgidAuthorizer pointing at examples/fcgid_authorizer/dispatch.fcgi, which
 mod_fcgid spawns like the app; each decision, allowed and denied, with what
 Apache logs and sends to the client. The Authorization header reaches the
 app only with ``CGIPassAuth On`` or ``FcgidPassHeader Authorization``.
+
+A request longer than every timeout (``fcgid-timeouts.conf``, the app
+blocked at a FifoGate): whichever of FcgidIOTimeout and FcgidBusyTimeout is
+shorter fires, with its 500 and log lines; wsgi_fcgi's --timeout never does
+(no master on fd 0).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from typing import Iterator, Optional
 
 import pytest
 
-from support import EXAMPLES_DIR, FLASK_APP_DIR
+from support import EXAMPLES_DIR, FLASK_APP_DIR, REPO_ROOT
+from support.gate import FifoGate
 from support.httpclient import HashingPayload, HTTPClient, HTTPResult
 from support.sites import BARE_APP, SLASH_404, HostingHome, Site, SiteChecks, hosting_home
 from support.waiting import wait_for
@@ -317,4 +323,79 @@ def test_authorization_header_reaches_app_only_when_passed(shared_dirs, hosting_
             assert r.status == 200, (r.body, web.error_log_text())
             assert r.json()["authorization"] == (seen if passed else None), header
     finally:
+        web.stop()
+
+
+# -- a request longer than every timeout (FcgidIOTimeout, FcgidBusyTimeout, --timeout) --
+
+
+def start_timeouts_site(base: Path, venv: Path, **timeouts: int) -> Apache:
+    """fcgid-timeouts.conf with tests/apps/bridge_app.py as the app (its
+    ``/gated`` route answers only once the test opens a FifoGate), and
+    dispatch.fcgi calling ``serve(app, timeout=1, access_logfile="-")``: the
+    access log shows the options were taken."""
+    home = hosting_home(base, venv, FLASK_APP_DIR)
+    shutil.copyfile(REPO_ROOT / "tests" / "apps" / "bridge_app.py", home.app_dir / "app.py")  # dispatch imports app
+    dispatch = home.fcgi_bin / "dispatch.fcgi"
+    text = dispatch.read_text()
+    assert text.count("\nserve(app)\n") == 1, f"{dispatch} no longer ends with serve(app)"
+    dispatch.write_text(text.replace("\nserve(app)\n", '\nserve(app, timeout=1, access_logfile="-")\n'))
+    values = {"app_dir": home.fcgi_bin, **timeouts}
+    return Apache(base / "apache", "fcgid-timeouts.conf", values)
+
+
+def _pid(web: Apache) -> int:
+    r = HTTPClient(web.url, timeout=30).get("/app/pid")
+    assert r.status == 200, (r.body, web.error_log_text())
+    return int(r.text)
+
+
+@pytest.mark.timeout(30)
+def test_fcgid_io_timeout_fires_first_and_the_process_stays_busy(shared_dirs, hosting_venv) -> None:
+    """FcgidIOTimeout 3 with FcgidBusyTimeout at its default: Apache gives
+    up on the request (500), wsgi_fcgi's --timeout 1 never fires (no master
+    in fd-0 mode), and the app's process is still busy with it: the next
+    request gets a new process."""
+    base = shared_dirs("wfcgi-fcgid-iotimeout-")
+    gate = FifoGate(base / "gate")
+    web = start_timeouts_site(base, hosting_venv, io_timeout=3, busy_timeout=300, busy_scan_interval=120)
+    try:
+        web.start()
+        first = _pid(web)
+        wait_for(lambda: '"GET /app/pid HTTP/1.1" 200' in web.error_log_text(), timeout=10,
+                 what="wsgi_fcgi's access log line: it got the options")  # fmt: skip
+        r = HTTPClient(web.url, timeout=30).get(f"/app/gated?fifo={gate.path}")
+        assert r.status == 500  # Apache's page
+        assert b"Internal Server Error" in r.body
+        log = web.error_log_text()
+        assert "mod_fcgid: read data timeout in 3 seconds" in log
+        assert "killed by the timeout" not in log  # --timeout 1 would have come first
+        assert first in processes_running("dispatch.fcgi")  # still on the request
+        assert _pid(web) != first
+    finally:
+        gate.open()  # let the old process finish, so Apache stops at once
+        web.stop()
+
+
+@pytest.mark.timeout(30)
+def test_fcgid_busy_timeout_kills_the_process_before_io_timeout(shared_dirs, hosting_venv) -> None:
+    """FcgidBusyTimeout 2 (scanned every second) under FcgidIOTimeout 20:
+    mod_fcgid kills the busy process; the client gets a 500 and the next
+    request a new process."""
+    base = shared_dirs("wfcgi-fcgid-busytimeout-")
+    gate = FifoGate(base / "gate")
+    web = start_timeouts_site(base, hosting_venv, io_timeout=20, busy_timeout=2, busy_scan_interval=1)
+    try:
+        web.start()
+        first = _pid(web)
+        r = HTTPClient(web.url, timeout=30).get(f"/app/gated?fifo={gate.path}")
+        assert r.status == 500
+        log = web.error_log_text()
+        assert "mod_fcgid: error reading data, FastCGI server closed connection" in log
+        assert "mod_fcgid: /app/gated took longer than busy timeout (2 secs)" in log
+        assert "read data timeout" not in log and "killed by the timeout" not in log
+        wait_for(lambda: first not in processes_running("dispatch.fcgi"), timeout=10, what="the busy process gone")
+        assert _pid(web) != first
+    finally:
+        gate.open()
         web.stop()
