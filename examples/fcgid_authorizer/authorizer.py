@@ -61,7 +61,8 @@ def authenticate(environ, start_response):
     user = environ.get("REMOTE_USER", "")
     password = environ.get("REMOTE_PASSWD", "")
     known = USERS.get(user)
-    if known is None or not hmac.compare_digest(known[0].encode(), password.encode()):
+    # PEP 3333: environ strings carry the wire bytes as latin-1; browsers send UTF-8.
+    if known is None or not hmac.compare_digest(known[0].encode(), password.encode("latin-1")):
         return _answer(environ, start_response, "401 Unauthorized")
     return _answer(environ, start_response, "200 OK", [("Variable-AUTHZ_ROLE", known[1])])
 
