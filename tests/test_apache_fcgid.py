@@ -216,7 +216,10 @@ class FcgidProtected:
         return HTTPClient(self.web.url, timeout=30).get(path, headers=headers)
 
     def wait_for_log(self, line: str) -> None:
-        wait_for(lambda: line in self.web.error_log_text(), timeout=10, what=f"{line!r} in Apache's error log")
+        try:
+            wait_for(lambda: line in self.web.error_log_text(), timeout=10, what=f"{line!r} in Apache's error log")
+        except AssertionError as exc:  # the module-scoped server's log is in no report otherwise
+            raise AssertionError(f"{exc}\n--- Apache's logs ---\n{self.web.error_log_text()}") from None
 
 
 # How mod_fcgid logs a role's refusal: "<what> failed, reason: script returned status <status>"
@@ -259,6 +262,7 @@ def test_fcgid_access_checker_denies_before_sign_in(fcgid_protected: FcgidProtec
     r = fcgid_protected.get("/private/closed/a", "alice", "alice-password")
     assert r.status == 401  # Apache's own page: the checker's 403 is not passed on
     assert b"Unauthorized" in r.body
+    assert r.header("WWW-Authenticate") is None  # no password would help
     fcgid_protected.wait_for_log("authorizer: ACCESS_CHECKER user=- /private/closed/a: 403 Forbidden")
     fcgid_protected.wait_for_log(f"Access check to access /private/closed/a {REFUSED} 403")
     # The app writes its lines before it answers: by the 401, any would be there.
@@ -290,6 +294,7 @@ def test_fcgid_authenticator_not_asked_without_credentials(fcgid_protected: Fcgi
 def test_fcgid_authorizer_sees_user_and_path(fcgid_protected: FcgidProtected) -> None:
     r = fcgid_protected.get("/private/admin/b", "bob", "bob-password")
     assert r.status == 401  # Apache's, for the authorizer's 403
+    assert r.header("WWW-Authenticate") == 'Basic realm="private"'
     fcgid_protected.wait_for_log("authorizer: AUTHORIZER user=bob /private/admin/b: 403 Forbidden")
     fcgid_protected.wait_for_log(f"Authorization of user bob to access /private/admin/b {REFUSED} 403")
     # an editor may: the app's own 404 (Werkzeug's text)
