@@ -107,6 +107,21 @@ def test_authorizer_sees_the_path(site: Protected) -> None:
     assert site.http.get("/protected/admin/x", headers={"X-Api-Key": "alice-secret"}).status == 404
 
 
+# Paths Apache serves as /protected/admin/x: it merges slashes, resolves dot
+# segments and decodes before routing, but tells the authorizer the raw REQUEST_URI.
+DISGUISED_ADMIN_PATHS = [
+    "/protected//admin/x", "/protected/./admin/x", "/protected/y/../admin/x", "/protected/%61dmin/x"]
+
+
+@pytest.mark.parametrize("path", DISGUISED_ADMIN_PATHS)
+def test_authorizer_sees_the_path_the_app_serves(site: Protected, path: str) -> None:
+    """PATH_INFO of an authorizer is the normalised path, so a prefix check
+    cannot be walked around with "//", "/./", "/../" or escapes."""
+    r = site.http.get(path, headers={"X-Api-Key": "bob-secret"})
+    assert r.status == 403, r.body
+    assert r.json() == {"error": "bob may not see /protected/admin/x"}
+
+
 def test_asked_for_every_request(site: Protected) -> None:
     for n in range(5):
         key = "alice-secret" if n % 2 else "nope"

@@ -291,6 +291,28 @@ def test_fcgid_authenticator_not_asked_without_credentials(fcgid_protected: Fcgi
     assert "AUTHENTICATOR user=- /private/hello/anonymous" not in fcgid_protected.web.error_log_text()
 
 
+# Requests Apache serves as /private/closed/a and /private/admin/x (%63 is
+# "c", %61 is "a"), with the role that must refuse each and the line it logs.
+DISGUISED = [
+    *[(f"/private{d}closed/a", "alice", "ACCESS_CHECKER user=- /private/closed/a") for d in ("//", "/./", "/y/../")],
+    ("/private/%63losed/a", "alice", "ACCESS_CHECKER user=- /private/closed/a"),
+    *[(f"/private{d}admin/x", "bob", "AUTHORIZER user=bob /private/admin/x") for d in ("//", "/./", "/y/../")],
+    ("/private/%61dmin/x", "bob", "AUTHORIZER user=bob /private/admin/x"),
+]
+
+
+@pytest.mark.parametrize("path, user, refusal", DISGUISED)
+def test_fcgid_roles_see_the_path_apache_serves(fcgid_protected: FcgidProtected, path, user, refusal) -> None:
+    """Apache serves "/private//closed/a" as /private/closed/a (the app would
+    answer it: a 404 here), but tells the roles only the raw REQUEST_URI:
+    their PATH_INFO must be the normalised path, or a prefix check is walked
+    around."""
+    line = f"authorizer: {refusal}: 403 Forbidden"
+    before = fcgid_protected.web.error_log_text().count(line)
+    assert fcgid_protected.get(path, user, f"{user}-password").status == 401
+    wait_for(lambda: fcgid_protected.web.error_log_text().count(line) > before, timeout=10, what=f"{line!r}")
+
+
 def test_fcgid_authorizer_sees_user_and_path(fcgid_protected: FcgidProtected) -> None:
     r = fcgid_protected.get("/private/admin/b", "bob", "bob-password")
     assert r.status == 401  # Apache's, for the authorizer's 403

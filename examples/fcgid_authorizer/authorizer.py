@@ -7,7 +7,8 @@ mod_fcgid sends all three with the FastCGI AUTHORIZER role (so
 ``environ["FCGI_ROLE"] == "AUTHORIZER"``) and says which one it means in
 ``environ["FCGI_APACHE_ROLE"]``: ``AUTHENTICATOR``, ``AUTHORIZER`` or
 ``ACCESS_CHECKER``. There is no body; the path asked for is in
-``REQUEST_URI`` (mod_fcgid sends no SCRIPT_NAME or PATH_INFO to these).
+``PATH_INFO`` (mod_fcgid sends only REQUEST_URI; wsgi_fcgi decodes and
+normalises it as Apache does).
 
 - answer 200 to pass the request on; each ``Variable-NAME: value`` header
   becomes the variable NAME of the request (a CGI variable of the protected
@@ -46,7 +47,10 @@ def _answer(environ, start_response, status, variables=()):
 
 
 def _path(environ):
-    return environ.get("REQUEST_URI", "").split("?", 1)[0]
+    # Not REQUEST_URI: that is the raw request, where "/private//closed" or
+    # "/private/./closed" would pass a prefix check for the path Apache then
+    # serves as /private/closed. wsgi_fcgi normalises PATH_INFO as Apache does.
+    return environ.get("PATH_INFO", "")
 
 
 def check_access(environ, start_response):
