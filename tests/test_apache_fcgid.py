@@ -353,6 +353,26 @@ def test_authorization_header_reaches_app_only_when_passed(shared_dirs, hosting_
         web.stop()
 
 
+def test_cgipassauth_in_htaccess(shared_dirs, hosting_venv) -> None:
+    """Shared hosting: the user adds ``CGIPassAuth On`` to their .htaccess
+    (the provider's AllowOverride has AuthConfig; without it Apache answers
+    500, "CGIPassAuth not allowed here", observed by hand). Apache reads
+    .htaccess on every request, so one server shows before and after."""
+    web, home = start_fcgid_site(shared_dirs("wfcgi-fcgid-htaccess-passauth-"), hosting_venv, "htaccess")
+    try:
+        web.start()
+        http = HTTPClient(web.url)
+        bearer = {"Authorization": "Bearer some-token"}
+        assert http.get("/whoami", headers=bearer).json()["authorization"] is None
+        htaccess = home.public_html / ".htaccess"
+        htaccess.write_text(htaccess.read_text() + "CGIPassAuth On\n")
+        r = http.get("/whoami", headers=bearer)
+        assert r.status == 200, (r.body, web.error_log_text())
+        assert r.json()["authorization"] == {"type": "bearer", "username": None}
+    finally:
+        web.stop()
+
+
 # -- a request longer than every timeout (FcgidIOTimeout, FcgidBusyTimeout, --timeout) --
 
 
