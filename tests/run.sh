@@ -20,7 +20,8 @@ cd "$(dirname "$0")/.."
 PYTHON3=${PYTHON3:-python3}
 
 # package -> a file that package installs
-# (mod_proxy_fcgi, mod_authnz_fcgi and mod_ssl come with apache2; openssl
+# (mod_proxy_fcgi, mod_authnz_fcgi, mod_ssl, mod_headers and mod_auth_basic
+# come with apache2; openssl
 # makes the throwaway TLS certificates; the system python3 runs the apps
 # that Apache and lighttpd start as www-data, from a virtualenv the tests
 # make with it; systemd brings systemd-socket-activate, which the socket

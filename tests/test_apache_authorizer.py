@@ -79,7 +79,8 @@ def site(shared_dirs) -> Iterator[Protected]:
 def test_allowed_request_reaches_app_with_variables(site: Protected) -> None:
     r = site.http.get("/protected/whoami", headers={"X-Api-Key": "alice-secret"})
     assert r.status == 200, r.body
-    assert r.json() == {"REMOTE_USER": "alice", "authz": {"AUTHZ_USER": "alice", "AUTHZ_ROLE": "editor"}}
+    assert r.json() == {
+        "REMOTE_USER": "alice", "authz": {"AUTHZ_USER": "alice", "AUTHZ_ROLE": "editor"}, "authorization": None}
 
 
 def test_allowed_request_routes_in_the_app(site: Protected) -> None:
@@ -104,6 +105,21 @@ def test_authorizer_sees_the_path(site: Protected) -> None:
     assert r.json() == {"error": "bob may not see /protected/admin/x"}
     # the same path is fine for another role (then the app's own 404)
     assert site.http.get("/protected/admin/x", headers={"X-Api-Key": "alice-secret"}).status == 404
+
+
+# Paths Apache serves as /protected/admin/x: it merges slashes, resolves dot
+# segments and decodes before routing, but tells the authorizer the raw REQUEST_URI.
+DISGUISED_ADMIN_PATHS = [
+    "/protected//admin/x", "/protected/./admin/x", "/protected/y/../admin/x", "/protected/%61dmin/x"]
+
+
+@pytest.mark.parametrize("path", DISGUISED_ADMIN_PATHS)
+def test_authorizer_sees_the_path_the_app_serves(site: Protected, path: str) -> None:
+    """PATH_INFO of an authorizer is the normalised path, so a prefix check
+    cannot be walked around with "//", "/./", "/../" or escapes."""
+    r = site.http.get(path, headers={"X-Api-Key": "bob-secret"})
+    assert r.status == 403, r.body
+    assert r.json() == {"error": "bob may not see /protected/admin/x"}
 
 
 def test_asked_for_every_request(site: Protected) -> None:

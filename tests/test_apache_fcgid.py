@@ -18,20 +18,35 @@ Apache and never reach the app); the app's stderr (tracebacks) goes to
 Apache's error log; FcgidMaxRequestsPerProcess recycles processes without a
 failed request; stopping or gracefully restarting Apache leaves no app
 process behind.
+
+mod_fcgid's own authorizer roles (``fcgid-authorizer.conf``, shown in
+docs/apache-authorizer.md): FcgidAccessChecker, FcgidAuthenticator and
+FcgidAuthorizer pointing at examples/fcgid_authorizer/dispatch.fcgi, which
+mod_fcgid spawns like the app; each decision, allowed and denied, with what
+Apache logs and sends to the client. The Authorization header reaches the
+app only with ``CGIPassAuth On`` or ``FcgidPassHeader Authorization``.
+
+A request longer than every timeout (``fcgid-timeouts.conf``, the app
+blocked at a FifoGate): whichever of FcgidIOTimeout and FcgidBusyTimeout is
+shorter fires, with its 500 and log lines; wsgi_fcgi's --timeout never does
+(no master on fd 0).
 """
 
 from __future__ import annotations
 
+import base64
 import pwd
 import shutil
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
 
-from support import EXAMPLES_DIR, FLASK_APP_DIR
-from support.httpclient import HashingPayload
+from support import EXAMPLES_DIR, FLASK_APP_DIR, REPO_ROOT
+from support.gate import FifoGate
+from support.httpclient import HashingPayload, HTTPClient, HTTPResult
 from support.sites import BARE_APP, SLASH_404, HostingHome, Site, SiteChecks, hosting_home
 from support.waiting import wait_for
 from support.webservers import UNPRIVILEGED_USER, Apache, TLSCert, processes_running
@@ -208,3 +223,250 @@ def test_front_controller_rewrite_without_path(shared_dirs, hosting_venv) -> Non
         r = Site("front-controller", web, "", SLASH_404).http.get("/env/x?q=1")
         assert r.status == 200, r.body
         assert (r.json()["SCRIPT_NAME"], r.json()["PATH_INFO"]) == ("", "/env/x")
+
+
+# -- mod_fcgid's own authorizer roles (examples/apache/fcgid-authorizer.conf) -----
+
+
+@dataclass
+class FcgidProtected:
+    """The example Flask app at /private, behind the three authorizer roles
+    of examples/fcgid_authorizer, both started by Apache's mod_fcgid."""
+
+    web: Apache
+
+    def get(self, path: str, user: str = "", password: str = "") -> HTTPResult:
+        headers = {"Authorization": basic_auth(user, password)} if user else {}
+        return HTTPClient(self.web.url, timeout=30).get(path, headers=headers)
+
+    def wait_for_log(self, line: str) -> None:
+        try:
+            wait_for(lambda: line in self.web.error_log_text(), timeout=10, what=f"{line!r} in Apache's error log")
+        except AssertionError as exc:  # the module-scoped server's log is in no report otherwise
+            raise AssertionError(f"{exc}\n--- Apache's logs ---\n{self.web.error_log_text()}") from None
+
+
+# How mod_fcgid logs a role's refusal: "<what> failed, reason: script returned status <status>"
+REFUSED = "failed, reason: script returned status"
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def fcgid_protected(shared_dirs, hosting_venv) -> Iterator[FcgidProtected]:
+    base = shared_dirs("wfcgi-fcgid-authorizer-")
+    app = hosting_home(base / "app", hosting_venv, FLASK_APP_DIR)
+    authorizer = hosting_home(base / "authorizer", hosting_venv, EXAMPLES_DIR / "fcgid_authorizer")
+    values = {"app_dir": app.fcgi_bin, "auth_dir": authorizer.fcgi_bin}
+    web = Apache(base / "apache", "fcgid-authorizer.conf", values)
+    try:
+        web.start()
+        yield FcgidProtected(web)
+    finally:
+        web.stop()
+
+
+def test_fcgid_authorizer_roles_allow_and_pass_variables(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/whoami", "alice", "alice-password")
+    assert r.status == 200, (r.body, fcgid_protected.web.error_log_text())
+    # Each role's Variable-* header became a CGI variable of the app behind.
+    authz = {"AUTHZ_ACCESS": "open", "AUTHZ_ROLE": "editor", "AUTHZ_SCOPE": "write"}
+    # The credentials themselves stay with Apache (no CGIPassAuth here).
+    assert r.json() == {"REMOTE_USER": "alice", "authz": authz, "authorization": None}
+    # mod_fcgid also copies them into the response; `Header always unset` removes them.
+    assert [name for name, _ in r.headers if name.lower().startswith("variable-")] == []
+    # All three were asked, in this order, each told its FCGI_APACHE_ROLE.
+    for role, user in (("ACCESS_CHECKER", "-"), ("AUTHENTICATOR", "alice"), ("AUTHORIZER", "alice")):
+        fcgid_protected.wait_for_log(f"authorizer: {role} user={user} /private/whoami: 200 OK")
+
+
+def test_fcgid_access_checker_denies_before_sign_in(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/closed/a", "alice", "alice-password")
+    assert r.status == 401  # Apache's own page: the checker's 403 is not passed on
+    assert b"Unauthorized" in r.body
+    assert r.header("WWW-Authenticate") is None  # no password would help
+    fcgid_protected.wait_for_log("authorizer: ACCESS_CHECKER user=- /private/closed/a: 403 Forbidden")
+    fcgid_protected.wait_for_log(f"Access check to access /private/closed/a {REFUSED} 403")
+    # The app writes its lines before it answers: by the 401, any would be there.
+    assert "AUTHENTICATOR user=alice /private/closed/a" not in fcgid_protected.web.error_log_text()
+
+
+def test_fcgid_authenticator_gets_remote_user_and_password(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/hello/wrong-password", "alice", "wrong")
+    assert r.status == 401
+    assert r.header("WWW-Authenticate") == 'Basic realm="private"'  # the browser asks again
+    # The earlier roles' Variable-* headers reach the client with a denial:
+    # `Header always unset` does not cover it. Keep secrets out of them.
+    assert r.header("Variable-AUTHZ_ACCESS") == "open"
+    fcgid_protected.wait_for_log("authorizer: AUTHENTICATOR user=alice /private/hello/wrong-password: 401 Unauthorized")
+    fcgid_protected.wait_for_log(f"Authentication of user alice to access /private/hello/wrong-password {REFUSED} 401")
+    # The right password for the same user: REMOTE_PASSWD is what was sent.
+    assert fcgid_protected.get("/private/hello/x", "alice", "alice-password").text == "Hello, x!"
+
+
+def test_fcgid_authenticator_not_asked_without_credentials(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/hello/anonymous")
+    assert r.status == 401  # mod_auth_basic's challenge, before mod_fcgid is involved
+    assert r.header("WWW-Authenticate") == 'Basic realm="private"'
+    fcgid_protected.wait_for_log("authorizer: ACCESS_CHECKER user=- /private/hello/anonymous: 200 OK")
+    # The app writes its lines before it answers: by the 401, any would be there.
+    assert "AUTHENTICATOR user=- /private/hello/anonymous" not in fcgid_protected.web.error_log_text()
+
+
+# Requests Apache serves as /private/closed/a and /private/admin/x (%63 is
+# "c", %61 is "a"), with the role that must refuse each and the line it logs.
+DISGUISED = [
+    *[(f"/private{d}closed/a", "alice", "ACCESS_CHECKER user=- /private/closed/a") for d in ("//", "/./", "/y/../")],
+    ("/private/%63losed/a", "alice", "ACCESS_CHECKER user=- /private/closed/a"),
+    *[(f"/private{d}admin/x", "bob", "AUTHORIZER user=bob /private/admin/x") for d in ("//", "/./", "/y/../")],
+    ("/private/%61dmin/x", "bob", "AUTHORIZER user=bob /private/admin/x"),
+]
+
+
+@pytest.mark.parametrize("path, user, refusal", DISGUISED)
+def test_fcgid_roles_see_the_path_apache_serves(fcgid_protected: FcgidProtected, path, user, refusal) -> None:
+    """Apache serves "/private//closed/a" as /private/closed/a (the app would
+    answer it: a 404 here), but tells the roles only the raw REQUEST_URI:
+    their PATH_INFO must be the normalised path, or a prefix check is walked
+    around."""
+    line = f"authorizer: {refusal}: 403 Forbidden"
+    before = fcgid_protected.web.error_log_text().count(line)
+    assert fcgid_protected.get(path, user, f"{user}-password").status == 401
+    wait_for(lambda: fcgid_protected.web.error_log_text().count(line) > before, timeout=10, what=f"{line!r}")
+
+
+def test_fcgid_authorizer_sees_user_and_path(fcgid_protected: FcgidProtected) -> None:
+    r = fcgid_protected.get("/private/admin/b", "bob", "bob-password")
+    assert r.status == 401  # Apache's, for the authorizer's 403
+    assert r.header("WWW-Authenticate") == 'Basic realm="private"'
+    fcgid_protected.wait_for_log("authorizer: AUTHORIZER user=bob /private/admin/b: 403 Forbidden")
+    fcgid_protected.wait_for_log(f"Authorization of user bob to access /private/admin/b {REFUSED} 403")
+    # an editor may: the app's own 404 (Werkzeug's text)
+    r = fcgid_protected.get("/private/admin/b", "alice", "alice-password")
+    assert r.status == 404 and b"not found on the server" in r.body
+
+
+# -- the Authorization header (CGIPassAuth, FcgidPassHeader) ----------------------
+
+# Apache sends the Basic user only to show it arrived; Bearer: just the scheme.
+CREDENTIALS = [
+    (basic_auth("alice", "secret"), {"type": "basic", "username": "alice"}),
+    ("Bearer some-token", {"type": "bearer", "username": None}),
+]
+
+
+@pytest.mark.parametrize(
+    "template, passed",
+    [("fcgid-scriptalias.conf", False), ("fcgid-passauth.conf", True), ("fcgid-passheader.conf", True)],
+)
+def test_authorization_header_reaches_app_only_when_passed(shared_dirs, hosting_venv, template, passed) -> None:
+    """Apache keeps the Authorization header from FastCGI apps by default;
+    CGIPassAuth On and FcgidPassHeader Authorization pass it on."""
+    base = shared_dirs("wfcgi-fcgid-passauth-")
+    home = hosting_home(base, hosting_venv, FLASK_APP_DIR)
+    web = Apache(base / "apache", template, {"app_dir": home.fcgi_bin, "max_requests": 1000})
+    try:
+        web.start()
+        for header, seen in CREDENTIALS:
+            r = HTTPClient(web.url).get("/app/whoami", headers={"Authorization": header})
+            assert r.status == 200, (r.body, web.error_log_text())
+            assert r.json()["authorization"] == (seen if passed else None), header
+    finally:
+        web.stop()
+
+
+def test_cgipassauth_in_htaccess(shared_dirs, hosting_venv) -> None:
+    """Shared hosting: the user adds ``CGIPassAuth On`` to their .htaccess
+    (the provider's AllowOverride has AuthConfig; without it Apache answers
+    500, "CGIPassAuth not allowed here", observed by hand). Apache reads
+    .htaccess on every request, so one server shows before and after."""
+    web, home = start_fcgid_site(shared_dirs("wfcgi-fcgid-htaccess-passauth-"), hosting_venv, "htaccess")
+    try:
+        web.start()
+        http = HTTPClient(web.url)
+        bearer = {"Authorization": "Bearer some-token"}
+        assert http.get("/whoami", headers=bearer).json()["authorization"] is None
+        htaccess = home.public_html / ".htaccess"
+        htaccess.write_text(htaccess.read_text() + "CGIPassAuth On\n")
+        r = http.get("/whoami", headers=bearer)
+        assert r.status == 200, (r.body, web.error_log_text())
+        assert r.json()["authorization"] == {"type": "bearer", "username": None}
+    finally:
+        web.stop()
+
+
+# -- a request longer than every timeout (FcgidIOTimeout, FcgidBusyTimeout, --timeout) --
+
+
+def start_timeouts_site(base: Path, venv: Path, **timeouts: int) -> Apache:
+    """fcgid-timeouts.conf with tests/apps/bridge_app.py as the app (its
+    ``/gated`` route answers only once the test opens a FifoGate), and
+    dispatch.fcgi calling ``serve(app, timeout=1, access_logfile="-")``: the
+    access log shows the options were taken."""
+    home = hosting_home(base, venv, FLASK_APP_DIR)
+    shutil.copyfile(REPO_ROOT / "tests" / "apps" / "bridge_app.py", home.app_dir / "app.py")  # dispatch imports app
+    dispatch = home.fcgi_bin / "dispatch.fcgi"
+    text = dispatch.read_text()
+    assert text.count("\nserve(app)\n") == 1, f"{dispatch} no longer ends with serve(app)"
+    dispatch.write_text(text.replace("\nserve(app)\n", '\nserve(app, timeout=1, access_logfile="-")\n'))
+    values = {"app_dir": home.fcgi_bin, **timeouts}
+    return Apache(base / "apache", "fcgid-timeouts.conf", values)
+
+
+def _pid(web: Apache) -> int:
+    r = HTTPClient(web.url, timeout=30).get("/app/pid")
+    assert r.status == 200, (r.body, web.error_log_text())
+    return int(r.text)
+
+
+@pytest.mark.timeout(30)
+def test_fcgid_io_timeout_fires_first_and_the_process_stays_busy(shared_dirs, hosting_venv) -> None:
+    """FcgidIOTimeout 3 with FcgidBusyTimeout at its default: Apache gives
+    up on the request (500), wsgi_fcgi's --timeout 1 never fires (no master
+    in fd-0 mode), and the app's process is still busy with it: the next
+    request gets a new process."""
+    base = shared_dirs("wfcgi-fcgid-iotimeout-")
+    gate = FifoGate(base / "gate")
+    web = start_timeouts_site(base, hosting_venv, io_timeout=3, busy_timeout=300, busy_scan_interval=120)
+    try:
+        web.start()
+        first = _pid(web)
+        wait_for(lambda: '"GET /app/pid HTTP/1.1" 200' in web.error_log_text(), timeout=10,
+                 what="wsgi_fcgi's access log line: it got the options")  # fmt: skip
+        r = HTTPClient(web.url, timeout=30).get(f"/app/gated?fifo={gate.path}")
+        assert r.status == 500  # Apache's page
+        assert b"Internal Server Error" in r.body
+        log = web.error_log_text()
+        assert "mod_fcgid: read data timeout in 3 seconds" in log
+        assert "killed by the timeout" not in log  # --timeout 1 would have come first
+        assert first in processes_running("dispatch.fcgi")  # still on the request
+        assert _pid(web) != first
+    finally:
+        gate.open()  # let the old process finish, so Apache stops at once
+        web.stop()
+
+
+@pytest.mark.timeout(30)
+def test_fcgid_busy_timeout_kills_the_process_before_io_timeout(shared_dirs, hosting_venv) -> None:
+    """FcgidBusyTimeout 2 (scanned every second) under FcgidIOTimeout 20:
+    mod_fcgid kills the busy process; the client gets a 500 and the next
+    request a new process."""
+    base = shared_dirs("wfcgi-fcgid-busytimeout-")
+    gate = FifoGate(base / "gate")
+    web = start_timeouts_site(base, hosting_venv, io_timeout=20, busy_timeout=2, busy_scan_interval=1)
+    try:
+        web.start()
+        first = _pid(web)
+        r = HTTPClient(web.url, timeout=30).get(f"/app/gated?fifo={gate.path}")
+        assert r.status == 500
+        log = web.error_log_text()
+        assert "mod_fcgid: error reading data, FastCGI server closed connection" in log
+        assert "mod_fcgid: /app/gated took longer than busy timeout (2 secs)" in log
+        assert "read data timeout" not in log and "killed by the timeout" not in log
+        wait_for(lambda: first not in processes_running("dispatch.fcgi"), timeout=10, what="the busy process gone")
+        assert _pid(web) != first
+    finally:
+        gate.open()
+        web.stop()

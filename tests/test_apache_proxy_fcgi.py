@@ -13,7 +13,9 @@ documented:
 - a chunked request body is streamed to the app with no CONTENT_LENGTH;
 - the ``Proxy`` header is dropped (httpoxy) before it could become HTTP_PROXY;
 - the app's Content-Length is not passed on: Apache sends the body chunked
-  (HTTP/1.1) and a HEAD answer has no Content-Length.
+  (HTTP/1.1) and a HEAD answer has no Content-Length;
+- the Authorization header reaches the app only with ``CGIPassAuth On``
+  (proxypass-passauth.conf).
 """
 
 from __future__ import annotations
@@ -96,3 +98,20 @@ def test_wrong_script_name_symptom(shared_dirs) -> None:
         r = HTTPClient(web.url).get("/app/hello/x")
         assert r.status == 404
         assert b"not found on the server" in r.body, r.body  # Werkzeug; Apache says "this server"
+
+
+@pytest.mark.parametrize("template, passed", [("proxypass-root.conf", False), ("proxypass-passauth.conf", True)])
+def test_authorization_header_reaches_app_only_with_cgipassauth(shared_dirs, template, passed) -> None:
+    """mod_proxy_fcgi, like CGI, drops the Authorization header unless
+    CGIPassAuth is on: an app doing its own Basic or bearer auth sees nothing."""
+    base = shared_dirs("wfcgi-proxypass-passauth-")
+    with ExitStack() as stack:
+        server = start_app_server(stack, base)
+        web = Apache(base / "apache", template, {"socket": server.socket_path})
+        stack.callback(web.stop)
+        web.start()
+        for header, seen in (("Basic YWxpY2U6c2VjcmV0", {"type": "basic", "username": "alice"}),
+                             ("Bearer some-token", {"type": "bearer", "username": None})):  # fmt: skip
+            r = HTTPClient(web.url).get("/whoami", headers={"Authorization": header})
+            assert r.status == 200, r.body
+            assert r.json()["authorization"] == (seen if passed else None), header

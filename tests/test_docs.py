@@ -37,6 +37,7 @@ SHOWN = [
     "examples/systemd/*.socket",
     "examples/authorizer/*.py",
     "examples/hooks/*.conf.py",
+    "examples/fcgid_authorizer/*.py",
     "examples/*/dispatch.fcgi",
 ]
 # Test wrappers, not deployment configs (the guides link to them instead).

@@ -811,6 +811,28 @@ def test_fcgi_role_sent_by_server_is_kept() -> None:
     assert environ["FCGI_APACHE_ROLE"] == "AUTHENTICATOR"
 
 
+@pytest.mark.parametrize(
+    ("uri", "path_info"),
+    [
+        ("/protected/admin/x?q=1", "/protected/admin/x"),
+        ("/protected//admin/x", "/protected/admin/x"),
+        ("/protected/./admin/x", "/protected/admin/x"),
+        ("/protected/y/../admin/x", "/protected/admin/x"),
+        ("/protected/%2e%2e/admin/", "/admin/"),
+        ("/protected/%61dmin/x", "/protected/admin/x"),
+        ("/../../admin", "/admin"),
+        ("/a/.", "/a/"),
+        ("/.well-known/x/..y", "/.well-known/x/..y"),
+    ],
+)
+def test_authorizer_path_is_normalised_like_the_servers(uri: str, path_info: str) -> None:
+    """An authorizer gets no SCRIPT_NAME/PATH_INFO, only the raw REQUEST_URI
+    (mod_authnz_fcgi, mod_fcgid): its PATH_INFO is the path the server will
+    route, or "//admin" walks around a check for "/admin"."""
+    environ = build_environ([("REQUEST_URI", uri), ("FCGI_APACHE_ROLE", "AUTHORIZER")], role=2)
+    assert split(environ) == ("", path_info)
+
+
 def test_wsgi_keys_and_multiprocess() -> None:
     environ = build_environ([], multiprocess=False)
     assert environ["wsgi.multiprocess"] is False

@@ -10,6 +10,9 @@ means a user copying the docs would hit it:
   the common checks of support/sites.py over HTTP and HTTPS;
 - app-streaming.conf (``fastcgi_request_buffering off``): the app reads the
   body while the client is still sending it;
+- app-unbuffered.conf (``fastcgi_buffering off``), and app-root.conf with the
+  app's ``X-Accel-Buffering: no``: a generator's first chunk reaches the
+  client while the app is still blocked before its second;
 - app-pool.conf + upstream-pool.conf: two instances over TCP, one stopped
   mid-run, ``fastcgi_next_upstream`` fails over with no failed request;
 - 100 MiB up- and downloads, multipart, chunked bodies.
@@ -42,6 +45,7 @@ from typing import Iterator, List
 import pytest
 
 from support import FLASK_APP_DIR, REPO_ROOT
+from support.gate import FifoGate
 from support.httpclient import MiB, HashingPayload, HTTPClient, multipart_file, pattern_chunks, sha256_of
 from support.net import free_port, port_of
 from support.processes import ManagedProcess, WsgiFcgiServer, can_connect, server_env
@@ -231,6 +235,41 @@ def test_request_body_streamed_with_request_buffering_off(shared_dirs):
         r = HTTPClient(web.url).post("/sha256", payload)
         assert r.status == 200, r.body
         assert r.text == f"{payload.size} {payload.sha256} {payload.size}"
+
+
+# -- streamed responses --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template, query",
+    [("app-root.conf", "&accel=no"), ("app-unbuffered.conf", "")],
+    ids=["x-accel-buffering", "fastcgi-buffering-off"],
+)
+@pytest.mark.timeout(30)
+def test_first_chunk_reaches_client_while_app_still_produces(shared_dirs, template, query):
+    """nginx buffers FastCGI responses by default; with the app's
+    ``X-Accel-Buffering: no`` header, or ``fastcgi_buffering off``, a
+    generator's first chunk reaches the client while the app is still blocked
+    before its second: the gate opens only once the client has chunk 1."""
+    base = shared_dirs("wfcgi-nginx-unbuffered-")
+    gate = FifoGate(base / "gate")
+    with ExitStack() as stack:
+        stack.callback(gate.open)  # a failed test must not leave the app blocked
+        server = start_app_server(
+            stack, base, "--workers", "1", app="bridge_app:app", pythonpath=[REPO_ROOT / "tests" / "apps"]
+        )
+        web = Nginx(base / "nginx", template, {"socket": server.socket_path})
+        stack.callback(web.stop)
+        web.start()
+        conn = HTTPClient(web.url, timeout=20).connection()
+        stack.callback(conn.close)
+        conn.request("GET", f"/stream-gated?fifo={gate.path}{query}")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("X-Accel-Buffering") is None  # read by nginx, not passed on
+        assert response.readline() == b"chunk 1\n"  # the app is now waiting at the gate
+        wait_for(gate.open, timeout=10, what="the app to wait at the gate")
+        assert response.read() == b"chunk 2\n"
 
 
 # -- two instances, one stopped ----------------------------------------------

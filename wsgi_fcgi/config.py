@@ -298,7 +298,9 @@ SETTINGS: list[Setting] = [
             "ondemand and dynamic pools: seconds an idle surplus worker lives.",
             metavar="S", section="workers"),
     Setting("timeout", ("-t", "--timeout"), _seconds, 30.0,
-            "Kill and replace a worker busy with one request for longer than this (0 = never).",
+            "Kill and replace a worker busy with one request for longer than this (0 = never). Not enforced "
+            "in the single process a web server spawns on fd 0 (the master does that, and there is none): under "
+            "Apache mod_fcgid use FcgidIOTimeout and FcgidBusyTimeout.",
             metavar="S", section="workers"),
     Setting("graceful_timeout", ("--graceful-timeout",), _seconds, 30.0,
             "On TERM and HUP, how long in-flight requests may take before workers are killed.",

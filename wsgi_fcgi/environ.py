@@ -180,10 +180,12 @@ def _split_path(env: dict[str, str], mount: str | None) -> tuple[str, str]:
     pi = env.get("PATH_INFO")
     if pi is None and "SCRIPT_NAME" not in env:
         # Neither sent: the AUTHORIZER role (spec 6.3) -- the path being
-        # authorized is the one the client asked for.
+        # authorized is the one the client asked for, normalised as the server
+        # does before it routes: "/a//admin" or "/a/./admin" must not slip
+        # past a check for "/a/admin" that the app behind will then serve.
         uri = env.get("REQUEST_URI")
         path = _decoded_request_path(uri) if uri else None
-        sn, pi = "", path or ""
+        sn, pi = "", _normalized_path(path) if path else ""
         return _apply_mount(sn, pi, mount)
     if pi is None:
         pi = ""
@@ -307,6 +309,25 @@ def _decoded_request_path(uri: str) -> str | None:
         return unquote_to_bytes(raw.encode("latin-1")).decode("latin-1")
     except UnicodeEncodeError:  # not a latin-1 string, so not from the wire
         return None
+
+
+def _normalized_path(path: str) -> str:
+    """A decoded absolute path as Apache and nginx normalise it by default
+    (MergeSlashes, merge_slashes; RFC 3986 remove_dot_segments): repeated
+    slashes merged, "." and ".." segments resolved, never above the root; a
+    trailing slash kept."""
+    if "//" not in path and "/." not in path:
+        return path
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    last = path[path.rfind("/") + 1 :]
+    trailing = "/" if segments and last in ("", ".", "..") else ""
+    return "/" + "/".join(segments) + trailing
 
 
 def _normalize_mount(mount: str) -> str:

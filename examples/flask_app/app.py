@@ -136,9 +136,14 @@ def create_app():
         # Behind a FastCGI authorizer (docs/apache-authorizer.md): the user it
         # accepted, and the Variable-AUTHZ_* headers it sent, as CGI variables.
         environ = request.environ
+        auth = request.authorization
         return jsonify(
             REMOTE_USER=environ.get("REMOTE_USER"),
             authz={k: v for k, v in environ.items() if k.startswith("AUTHZ_")},
+            # The Authorization header, if it reached the app (Apache passes it
+            # only with CGIPassAuth On or FcgidPassHeader): its scheme and, for
+            # Basic, the user name. Never the password or token.
+            authorization=auth and {"type": auth.type, "username": auth.username},
         )
 
     @app.route("/error")

@@ -8,6 +8,7 @@ query string, so a test can see from outside what happened inside the worker
 import hashlib
 import json
 import os
+import select
 import time
 from urllib.parse import parse_qs
 
@@ -20,6 +21,17 @@ def _touch(path, text=""):
     if path:
         with open(path, "a") as f:
             f.write(text + "\n")
+
+
+def _wait_at_gate(path, limit=30.0):
+    """Block until the test writes to the FIFO at ``path`` (tests/support/gate.py),
+    or ``limit`` seconds pass. O_NONBLOCK: the open does not wait for a writer,
+    and Linux reports no end-of-file on a FIFO before a writer has come."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        select.select([fd], [], [], limit)
+    finally:
+        os.close(fd)
 
 
 class ClosingBody:
@@ -76,6 +88,23 @@ def app(environ, start_response):
         _touch(query.get("started"), "started")
         time.sleep(float(query.get("s", "1")))
         return _text(start_response, "slept")
+    if path == "/stream-gated":
+        # "chunk 1", then the gate ?fifo, then "chunk 2"; ?accel=no adds nginx's
+        # X-Accel-Buffering: no.
+        headers = [("Content-Type", "text/plain")]
+        if query.get("accel") == "no":
+            headers.append(("X-Accel-Buffering", "no"))
+
+        def gated():
+            yield b"chunk 1\n"
+            _wait_at_gate(query["fifo"])
+            yield b"chunk 2\n"
+        start_response("200 OK", headers)
+        return gated()
+    if path == "/gated":
+        # No answer before the gate ?fifo opens (a request that takes too long).
+        _wait_at_gate(query["fifo"], float(query.get("limit", "30")))
+        return _text(start_response, "released")
     if path == "/download":
         size = int(query.get("size", "0"))
         block = bytes(range(256)) * 256

@@ -14,6 +14,8 @@ front of it, and a small streaming HTTP client.
   observable state until a deadline; never a fixed sleep).
 - ``support.net``: the one bind-spec parser (``parse_address``), ``connect``,
   ``free_port``.
+- ``support.gate``: ``FifoGate``, a FIFO an app under test blocks on until the
+  test opens it (the app's side is in tests/apps/bridge_app.py).
 - ``support.procfs``: process states read from /proc (a listener in an epoll
   set, a worker asleep in epoll_wait).
 - ``support.modes``: the server run once in each start-up mode (master, fd 0,
