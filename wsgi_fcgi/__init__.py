@@ -5,12 +5,17 @@ Public API: ``serve(app, **options)``, the exceptions a user may catch, ``__vers
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 from collections.abc import Callable
 
-from .config import ConfigError
-from .handler import ClientDisconnected, RequestAborted, RequestBodyTruncated
+from ._compiled import prefer_source
+
+prefer_source(os.path.dirname(os.path.abspath(__file__)))  # WSGI_FCGI_PURE_PYTHON=1: before any other submodule
+
+from .config import ConfigError  # noqa: E402
+from .handler import ClientDisconnected, RequestAborted, RequestBodyTruncated  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["serve", "ConfigError", "ClientDisconnected", "RequestAborted", "RequestBodyTruncated", "__version__"]

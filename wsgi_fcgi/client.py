@@ -462,7 +462,7 @@ class Client:
         view = memoryview(data)
         for pos in range(0, len(data), p.MAX_CONTENT_LENGTH):
             piece = view[pos:pos + p.MAX_CONTENT_LENGTH]
-            self._send(b"".join(p.encode_stream(record_type, rid, piece)))  # type: ignore[arg-type]
+            self._send(b"".join(p.encode_stream(record_type, rid, piece)))
 
     def _read_response(self, rid: int) -> Response:
         stdout = bytearray()

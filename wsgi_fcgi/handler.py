@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from collections.abc import Callable, Iterable, Iterator
 
 from . import protocol as p
+from ._compiled import mypyc_attr
 from .environ import build_environ
 from .logs import AccessLog, describe_request, request_line
 from .status import cgi_response, find_page
@@ -62,6 +63,7 @@ ERROR_500 = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; ch
              b"Content-Length: 21\r\n\r\nInternal Server Error")
 
 
+@mypyc_attr(native_class=False)  # an OSError: mypyc compiles no subclass of it
 class ClientDisconnected(OSError):
     """The web server closed the connection or aborted the request (FCGI_ABORT_REQUEST).
 
@@ -70,10 +72,12 @@ class ClientDisconnected(OSError):
     """
 
 
+@mypyc_attr(native_class=False)
 class RequestAborted(ClientDisconnected):
     """The web server sent FCGI_ABORT_REQUEST; the connection itself is still good."""
 
 
+@mypyc_attr(native_class=False)
 class RequestBodyTruncated(ClientDisconnected):
     """STDIN ended before CONTENT_LENGTH bytes arrived (the client went away, but
     the web server is still there: the request is answered 400 and ended)."""
@@ -87,13 +91,18 @@ class InvalidResponse(Exception):
     """The app's status or headers cannot be sent as they are."""
 
 
+# A chunk of the body as a channel hands it out: a memoryview of what was
+# received (no copy), or bytes. Compiled (mypyc), the annotation is checked.
+Chunk = bytes | memoryview
+
+
 class Channel(Protocol):
     """What the handler needs from a connection (implemented by the worker)."""
 
-    def read_stdin(self) -> bytes:
+    def read_stdin(self) -> Chunk:
         """The next STDIN chunk; b"" at the end of the stream."""
 
-    def read_data(self) -> bytes:
+    def read_data(self) -> Chunk:
         """The next FCGI_DATA chunk (FILTER role); b"" at the end of the stream."""
 
     def send(self, buffers: list[Any]) -> None:
@@ -127,7 +136,7 @@ class InputStream:
     are joined, a partly read one stays as a view of its rest.
     """
 
-    def __init__(self, read_chunk: Callable[[], bytes], expected: int | None = None) -> None:
+    def __init__(self, read_chunk: Callable[[], Chunk], expected: int | None = None) -> None:
         self._read_chunk = read_chunk
         self._chunks: deque[Any] = deque()
         self._buffered = 0
@@ -236,7 +245,7 @@ class InputStream:
         return line
 
 
-def spool(read_chunk: Callable[[], bytes], first: bytes, limit: int = 0) -> tuple[Any, int]:
+def spool(read_chunk: Callable[[], Chunk], first: Chunk, limit: int = 0) -> tuple[Any, int]:
     """The whole stream in a file object (memory, then disk past SPOOL_THRESHOLD),
     refused as soon as it grows past ``limit`` bytes (0: no limit)."""
     body = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
@@ -297,6 +306,7 @@ class FileWrapper:
 
 # --- the request ------------------------------------------------------------------
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # wsgi_fcgi.gunicorn subclasses it, uncompiled
 class RequestHandler:
     """Calls one WSGI app for each request; one instance per worker, shared by
     its threads (``multithread``): it keeps no per-request state of its own."""
@@ -344,8 +354,8 @@ class RequestHandler:
             self._prepare_input(channel, role, environ)
         except ClientDisconnected as exc:
             return self._client_gone(response, environ, exc)
-        except RequestBodyTooLarge as exc:
-            error_log.warning("refused %s: %s (--limit-request-body)", describe_request(environ), exc)
+        except RequestBodyTooLarge as too_large:  # not "exc": compiled, one name has one type
+            error_log.warning("refused %s: %s (--limit-request-body)", describe_request(environ), too_large)
             return response.send_simple(ERROR_413)
         environ["wsgi.errors"] = self.errors or ErrorStream()
         environ["wsgi.file_wrapper"] = FileWrapper

@@ -241,7 +241,7 @@ def frame(record_type: int, request_id: int, length: int) -> tuple[bytes, bytes]
     return HEADER.pack(FCGI_VERSION_1, record_type, request_id, length, padding), PADDING[:padding]
 
 
-def encode_stream(record_type: int, request_id: int, data: bytes) -> list[bytes]:
+def encode_stream(record_type: int, request_id: int, data: bytes | bytearray | memoryview) -> list[Any]:
     """Buffers holding ``data`` as records of at most 65535 bytes each (no end record).
 
     The payload is referenced through memoryviews, never copied, so the list can be

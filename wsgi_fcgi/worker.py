@@ -39,8 +39,9 @@ from typing import Any
 from collections.abc import Callable, Sequence
 
 from . import protocol as p
+from ._compiled import mypyc_attr
 from .config import Config, parse_networks
-from .handler import ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
+from .handler import Chunk, ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
 from .hooks import HookedHandler, WorkerHooks, WorkerInfo
 from .logs import AccessLog, reopen_files
 from .scoreboard import Scoreboard, Slot, SlotState
@@ -145,12 +146,12 @@ class Connection:
         return head.begin, head.params
 
     # Channel for the handler
-    def read_stdin(self) -> bytes:
+    def read_stdin(self) -> Chunk:
         if not self.proto.stream_open(p.FCGI_STDIN):
             return b""
         return self._read_stream(p.StdinData, self.proto.read_stdin_chunk)
 
-    def read_data(self) -> bytes:
+    def read_data(self) -> Chunk:
         if not self.proto.stream_open(p.FCGI_DATA):
             return b""
         return self._read_stream(p.DataData)
@@ -167,7 +168,7 @@ class Connection:
             if not data:
                 return None
 
-    def _read_stream(self, chunk_type: type, fast: Callable[[], Any] | None = None) -> bytes:
+    def _read_stream(self, chunk_type: type, fast: Callable[[], Any] | None = None) -> Chunk:
         """The next chunk of an open input stream; b"" at its end."""
         try:
             if fast is not None:
@@ -354,6 +355,7 @@ def _skip(buffers: list[Any], sent: int) -> list[Any]:
     return []
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # wsgi_fcgi.gunicorn subclasses it, uncompiled
 class Worker:
     """Serve requests from ``listeners`` until told to stop, one at a time
     (``ThreadedWorker`` in threaded.py: several at once).

@@ -402,6 +402,8 @@ def hosting_venv(dest: Path, distributions: Sequence[str]) -> Path:
                 _link_or_copy(str(src), str(site / top))
         todo.extend(_requirement_names(dist))
     shutil.copytree(REPO_ROOT / "wsgi_fcgi", site / "wsgi_fcgi", ignore=shutil.ignore_patterns("__pycache__"))
+    for shared in REPO_ROOT.glob("*__mypyc.*.so"):  # the compiled form's shared library (README: Install)
+        shutil.copy2(shared, site / shared.name)
     subprocess.run(
         [str(dest / "bin" / "python"), "-m", "compileall", "-q", "-j", "0", str(site)],
         check=True, capture_output=True, timeout=300,
