@@ -12,6 +12,9 @@
 # - Creates .venv (python3 -m venv) if missing and installs the package in
 #   editable mode with its test extra; skipped when pyproject.toml and
 #   setup.cfg have not changed since the last install.
+# - WSGI_FCGI_COMPILE=1: builds the compiled form in place first (mypyc,
+#   setup.py) and runs the suite on it; without it, compiled files in the
+#   checkout are removed and the suite runs pure Python.
 # - Runs pytest with the arguments given; CI from the environment is passed
 #   through (CI=true turns "web server missing" skips into failures).
 set -eu
@@ -81,6 +84,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
         || ! .venv/bin/python -c 'import wsgi_fcgi, pytest, pytest_timeout, hypothesis, flask, django' >/dev/null 2>&1; then
     PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[test]'
     echo "$want" > "$stamp"
+fi
+
+# The compiled form (issue 16, setup.py): WSGI_FCGI_COMPILE=1 builds it in place
+# with mypyc before the run; otherwise compiled files left in the checkout are
+# removed, so that the suite always runs the source as it is now.
+compiled_files() { find . -maxdepth 2 -name '*.so' \( -path './wsgi_fcgi/*' -o -name '*__mypyc*' \); }
+if [ "${WSGI_FCGI_COMPILE:-0}" != 0 ]; then
+    .venv/bin/python -c 'import mypy' >/dev/null 2>&1 \
+        || PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[lint]'
+    echo "tests/run.sh: compiling the request path with mypyc" >&2
+    compiled_files | xargs -r rm -f
+    WSGI_FCGI_COMPILE=1 .venv/bin/python setup.py -q build_ext --inplace >/dev/null
+    rm -rf build
+else
+    compiled_files | xargs -r rm -f
 fi
 
 echo "tests/run.sh: CI=${CI:-} $(.venv/bin/python --version)" >&2

@@ -10,6 +10,7 @@ installs the finder below before any submodule is imported).
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import importlib.util
 import os
@@ -35,13 +36,13 @@ else:
 
 def form() -> str:
     """"compiled (mypyc): ..." or "pure Python", as --check-config and the status page say it."""
-    compiled = [name for name in COMPILED_MODULES if _is_compiled(sys.modules.get(f"wsgi_fcgi.{name}"))]
+    compiled = [name for name in COMPILED_MODULES if _is_compiled(importlib.import_module(f"wsgi_fcgi.{name}"))]
     if not compiled:
         return "pure Python" + (" (WSGI_FCGI_PURE_PYTHON=1)" if pure_python_forced() else "")
     return "compiled (mypyc): " + ", ".join(compiled)
 
 
-def _is_compiled(module: ModuleType | None) -> bool:
+def _is_compiled(module: ModuleType) -> bool:
     path = getattr(module, "__file__", None) or ""
     return not path.endswith(".py")
 

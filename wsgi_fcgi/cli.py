@@ -22,6 +22,7 @@ from typing import Any
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from ._compiled import form
 from .config import SETTINGS_BY_NAME, Config, ConfigError, add_arguments, default_workers, load_config_file
 from .errors import EXIT_APP_LOAD_ERROR, EXIT_BOOT_ERROR, EXIT_USAGE, StartupError
 from .limits import prepare_process
@@ -110,6 +111,7 @@ def check_config(config: Config, app_spec: str) -> int:
     for name, value in sorted(config.as_dict().items()):
         print(f"{name} = {value!r}")
     print(f"wsgi_app = {app_spec!r}")
+    print(f"# form: {form()}")  # which form of the package runs: compiled or pure Python
     hooks = config.hooks_set()
     if hooks:
         print(f"# hooks: {', '.join(hooks)}")  # functions: named, not printed

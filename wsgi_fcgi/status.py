@@ -20,6 +20,7 @@ from typing import Any
 from collections.abc import Callable, Sequence
 
 from . import protocol as p
+from ._compiled import form
 from .environ import build_environ
 from .limits import resident_bytes
 from .scoreboard import Scoreboard, SlotState
@@ -82,6 +83,7 @@ def collect(scoreboard: Scoreboard, listeners: Sequence[socket.socket], *, full:
         "slow_requests": pool.slow_requests,
         "processes": len({slot.pid for _, slot in slots}),
         "threads_per_process": threads,
+        "implementation": form(),  # compiled (mypyc) or pure Python
     }
     if full:
         usage: dict[int, tuple[float | None, int | None]] = {}
@@ -159,6 +161,7 @@ def openmetrics(report: dict[str, Any]) -> str:
     for name in counters:
         lines += [f"# TYPE wsgi_fcgi_{name} counter", f"wsgi_fcgi_{name}_total {report[name]}"]
     lines += ["# TYPE wsgi_fcgi_start_time gauge", f"wsgi_fcgi_start_time {report['start_time']}"]
+    lines += ["# TYPE wsgi_fcgi_build info", f'wsgi_fcgi_build_info{{implementation="{report["implementation"]}"}} 1']
     workers = report.get("workers", [])
     if workers:  # ?full: one series per worker thread in each family
         lines += _worker_series(workers)
