@@ -331,18 +331,26 @@ def serve_in_thread(worker: Worker, conn: Connection) -> threading.Thread:
     return thread
 
 
+def streaming_started(worker: Worker, pair: Tuple[socket.socket, socket.socket], *,
+                      keep_conn: bool = False) -> Tuple[Peer, threading.Thread, Connection]:
+    """A /stream request served on a thread, once its first chunk has reached the peer."""
+    ours, peer = pair
+    peer.sendall(request_bytes(1, "/stream", keep_conn=keep_conn))
+    web = Peer(peer)
+    conn = accepted(worker, ours)
+    thread = serve_in_thread(worker, conn)
+    web.until(lambda e: b"one" in stdout_text(e))
+    return web, thread, conn
+
+
 def stdout_text(event: Any) -> bytes:
     return event.data if isinstance(event, p.Stdout) else b""
 
 
 def test_a_second_begin_request_during_a_streamed_response_is_refused_at_once(streaming, pair) -> None:
     streamer, worker = streaming
-    ours, peer = pair
-    peer.sendall(request_bytes(1, "/stream", keep_conn=True))
-    web = Peer(peer)
-    thread = serve_in_thread(worker, accepted(worker, ours))
-    web.until(lambda e: b"one" in stdout_text(e))
-    peer.sendall(request_bytes(2, "/second"))  # a web server that multiplexes
+    web, thread, _ = streaming_started(worker, pair, keep_conn=True)
+    pair[1].sendall(request_bytes(2, "/second"))  # a web server that multiplexes
     streamer.sent.set()
     events = web.until(lambda e: e == p.EndRequest(1, 0, p.FCGI_REQUEST_COMPLETE))
     refusal = events.index(p.EndRequest(2, 0, p.FCGI_CANT_MPX_CONN))
@@ -354,12 +362,8 @@ def test_a_second_begin_request_during_a_streamed_response_is_refused_at_once(st
 
 def test_get_values_during_a_streamed_response_is_answered_at_once(streaming, pair) -> None:
     streamer, worker = streaming
-    ours, peer = pair
-    peer.sendall(request_bytes(1, "/stream"))
-    web = Peer(peer)
-    thread = serve_in_thread(worker, accepted(worker, ours))
-    web.until(lambda e: b"one" in stdout_text(e))
-    peer.sendall(p.encode_record(p.FCGI_GET_VALUES, 0, p.encode_pairs([(b"FCGI_MPXS_CONNS", b"")])))
+    web, thread, _ = streaming_started(worker, pair)
+    pair[1].sendall(p.encode_record(p.FCGI_GET_VALUES, 0, p.encode_pairs([(b"FCGI_MPXS_CONNS", b"")])))
     streamer.sent.set()
     events = web.until(is_end)
     answer = events.index(p.GetValuesResult({"FCGI_MPXS_CONNS": "0"}))
@@ -371,13 +375,8 @@ def test_get_values_during_a_streamed_response_is_answered_at_once(streaming, pa
 
 def test_an_abort_during_a_streamed_response_closes_the_iterable_and_keeps_the_connection(streaming, pair) -> None:
     streamer, worker = streaming
-    ours, peer = pair
-    peer.sendall(request_bytes(1, "/stream", keep_conn=True))
-    web = Peer(peer)
-    conn = accepted(worker, ours)
-    thread = serve_in_thread(worker, conn)
-    web.until(lambda e: b"one" in stdout_text(e))
-    peer.sendall(p.encode_record(p.FCGI_ABORT_REQUEST, 1))
+    web, thread, conn = streaming_started(worker, pair, keep_conn=True)
+    pair[1].sendall(p.encode_record(p.FCGI_ABORT_REQUEST, 1))
     streamer.sent.set()
     events = web.until(is_end)
     assert events[-1] == p.EndRequest(1, 0, p.FCGI_REQUEST_COMPLETE)
@@ -389,12 +388,8 @@ def test_an_abort_during_a_streamed_response_closes_the_iterable_and_keeps_the_c
 
 def test_the_web_server_closing_during_a_streamed_response_stops_the_app(streaming, pair) -> None:
     streamer, worker = streaming
-    ours, peer = pair
-    peer.sendall(request_bytes(1, "/stream"))
-    web = Peer(peer)
-    thread = serve_in_thread(worker, accepted(worker, ours))
-    web.until(lambda e: b"one" in stdout_text(e))
-    peer.shutdown(socket.SHUT_WR)  # nginx gives up on the upstream when its client has gone
+    _, thread, _ = streaming_started(worker, pair)
+    pair[1].shutdown(socket.SHUT_WR)  # nginx gives up on the upstream when its client has gone
     streamer.sent.set()
     thread.join(10)
     assert not thread.is_alive()
