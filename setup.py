@@ -20,7 +20,12 @@ from setuptools import setup
 def compiled_extensions() -> list[Any]:
     if os.environ.get("WSGI_FCGI_COMPILE", "") in ("", "0"):
         return []
-    from mypyc.build import mypycify  # WSGI_FCGI_COMPILE=1 needs mypy installed
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        raise SystemExit("WSGI_FCGI_COMPILE=1 compiles with mypyc, which is not installed here: "
+                         "pip install mypy setuptools wheel, then build with --no-build-isolation "
+                         "(or unset WSGI_FCGI_COMPILE for the pure-Python package)") from None
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "wsgi_fcgi"))
     from _compiled import COMPILED_MODULES  # the list only: no need to import the package

@@ -82,7 +82,8 @@ stamp=.venv/.wsgi_fcgi-test-install
 want=$(cat pyproject.toml setup.cfg 2>/dev/null | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
         || ! .venv/bin/python -c 'import wsgi_fcgi, pytest, pytest_timeout, hypothesis, flask, django' >/dev/null 2>&1; then
-    PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[test]'
+    # (the editable install is the pure-Python one; WSGI_FCGI_COMPILE is for the step below)
+    env -u WSGI_FCGI_COMPILE PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[test]'
     echo "$want" > "$stamp"
 fi
 
@@ -92,7 +93,7 @@ fi
 compiled_files() { find . -maxdepth 2 -name '*.so' \( -path './wsgi_fcgi/*' -o -name '*__mypyc*' \); }
 if [ "${WSGI_FCGI_COMPILE:-0}" != 0 ]; then
     .venv/bin/python -c 'import mypy' >/dev/null 2>&1 \
-        || PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[lint]'
+        || env -u WSGI_FCGI_COMPILE PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[lint]'
     echo "tests/run.sh: compiling the request path with mypyc" >&2
     compiled_files | xargs -r rm -f
     WSGI_FCGI_COMPILE=1 .venv/bin/python setup.py -q build_ext --inplace >/dev/null
