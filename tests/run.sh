@@ -79,11 +79,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.wsgi_fcgi-test-install
-want=$(cat pyproject.toml setup.cfg 2>/dev/null | cksum)
+want=$(cat pyproject.toml setup.cfg setup.py 2>/dev/null | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
         || ! .venv/bin/python -c 'import wsgi_fcgi, pytest, pytest_timeout, hypothesis, flask, django' >/dev/null 2>&1; then
     # (the editable install is the pure-Python one; WSGI_FCGI_COMPILE is for the step below)
-    env -u WSGI_FCGI_COMPILE PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q -e '.[test]'
+    # compat mode: the checkout itself goes on sys.path, so that a compiled form
+    # built in place (its shared library sits at the top of the checkout) imports too.
+    env -u WSGI_FCGI_COMPILE PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q \
+        --config-settings editable_mode=compat -e '.[test]'
     echo "$want" > "$stamp"
 fi
 
