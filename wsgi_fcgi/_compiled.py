@@ -47,6 +47,16 @@ def _is_compiled(module: ModuleType) -> bool:
     return not path.endswith(".py")
 
 
+def run_signal_handlers() -> None:
+    """Run the Python-level signal handlers that are pending.
+
+    CPython runs them when it next executes bytecode (or when a system call is
+    interrupted). Compiled code executes none: an idle compiled worker woken by
+    its signal pipe -- the signal arrived before its epoll_wait, so nothing was
+    interrupted -- would go back to waiting with TERM's flag unset. Calling this
+    function, which stays Python (this module is never compiled), runs them."""
+
+
 def pure_python_forced() -> bool:
     return os.environ.get("WSGI_FCGI_PURE_PYTHON", "") not in ("", "0")
 

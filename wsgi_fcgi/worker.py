@@ -39,7 +39,7 @@ from typing import Any
 from collections.abc import Callable, Sequence
 
 from . import protocol as p
-from ._compiled import mypyc_attr
+from ._compiled import mypyc_attr, run_signal_handlers
 from .config import Config, parse_networks
 from .handler import Chunk, ClientDisconnected, RequestAborted, RequestHandler, WSGIApp
 from .hooks import HookedHandler, WorkerHooks, WorkerInfo
@@ -577,6 +577,7 @@ class Worker:
 
     def _drain_wakeup(self) -> None:
         drain_pipe(self._wakeup_r)
+        run_signal_handlers()  # compiled, nothing else would run them now (see there)
 
     def _accept(self, listener: socket.socket) -> None:
         """Serve the connections queued on ``listener``: after one, take the next
