@@ -37,10 +37,10 @@ from __future__ import annotations
 import base64
 import pwd
 import shutil
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import pytest
 
@@ -421,18 +421,30 @@ def _pid(web: Apache) -> int:
     return int(r.text)
 
 
+@contextmanager
+def gated_timeouts_site(shared_dirs: Any, venv: Path, prefix: str,
+                        **timeouts: int) -> Iterator[Tuple[Apache, FifoGate, int]]:
+    """A started timeouts site, its gate and the pid of the process serving it;
+    at the end the gate opens (the held process finishes, so Apache stops at once)."""
+    base = shared_dirs(prefix)
+    gate = FifoGate(base / "gate")
+    web = start_timeouts_site(base, venv, **timeouts)
+    try:
+        web.start()
+        yield web, gate, _pid(web)
+    finally:
+        gate.open()
+        web.stop()
+
+
 @pytest.mark.timeout(30)
 def test_fcgid_io_timeout_fires_first_and_the_process_stays_busy(shared_dirs, hosting_venv) -> None:
     """FcgidIOTimeout 3 with FcgidBusyTimeout at its default: Apache gives
     up on the request (500), wsgi_fcgi's --timeout 1 never fires (no master
     in fd-0 mode), and the app's process is still busy with it: the next
     request gets a new process."""
-    base = shared_dirs("wfcgi-fcgid-iotimeout-")
-    gate = FifoGate(base / "gate")
-    web = start_timeouts_site(base, hosting_venv, io_timeout=3, busy_timeout=300, busy_scan_interval=120)
-    try:
-        web.start()
-        first = _pid(web)
+    with gated_timeouts_site(shared_dirs, hosting_venv, "wfcgi-fcgid-iotimeout-", io_timeout=3, busy_timeout=300,
+                             busy_scan_interval=120) as (web, gate, first):
         wait_for(lambda: '"GET /app/pid HTTP/1.1" 200' in web.error_log_text(), timeout=10,
                  what="wsgi_fcgi's access log line: it got the options")  # fmt: skip
         r = HTTPClient(web.url, timeout=30).get(f"/app/gated?fifo={gate.path}")
@@ -443,9 +455,6 @@ def test_fcgid_io_timeout_fires_first_and_the_process_stays_busy(shared_dirs, ho
         assert "killed by the timeout" not in log  # --timeout 1 would have come first
         assert first in processes_running("dispatch.fcgi")  # still on the request
         assert _pid(web) != first
-    finally:
-        gate.open()  # let the old process finish, so Apache stops at once
-        web.stop()
 
 
 @pytest.mark.timeout(30)
@@ -453,12 +462,8 @@ def test_fcgid_busy_timeout_kills_the_process_before_io_timeout(shared_dirs, hos
     """FcgidBusyTimeout 2 (scanned every second) under FcgidIOTimeout 20:
     mod_fcgid kills the busy process; the client gets a 500 and the next
     request a new process."""
-    base = shared_dirs("wfcgi-fcgid-busytimeout-")
-    gate = FifoGate(base / "gate")
-    web = start_timeouts_site(base, hosting_venv, io_timeout=20, busy_timeout=2, busy_scan_interval=1)
-    try:
-        web.start()
-        first = _pid(web)
+    with gated_timeouts_site(shared_dirs, hosting_venv, "wfcgi-fcgid-busytimeout-", io_timeout=20, busy_timeout=2,
+                             busy_scan_interval=1) as (web, gate, first):
         r = HTTPClient(web.url, timeout=30).get(f"/app/gated?fifo={gate.path}")
         assert r.status == 500
         log = web.error_log_text()
@@ -467,6 +472,3 @@ def test_fcgid_busy_timeout_kills_the_process_before_io_timeout(shared_dirs, hos
         assert "read data timeout" not in log and "killed by the timeout" not in log
         wait_for(lambda: first not in processes_running("dispatch.fcgi"), timeout=10, what="the busy process gone")
         assert _pid(web) != first
-    finally:
-        gate.open()
-        web.stop()
