@@ -2,7 +2,7 @@
 # Install everything bench/run.py starts, on Debian/Ubuntu as root:
 #   bash bench/setup.sh
 # - Debian packages (only the missing ones): nginx, wrk, libfcgi-dev, spawn-fcgi,
-#   gcc, zlib1g-dev, strace, curl
+#   gcc, zlib1g-dev, strace, curl, valgrind (instructions.py)
 # - bench/.venv: its own virtualenv (not the test venv), with wsgi_fcgi installed
 #   editable from this checkout plus the `bench` extra (flup, gunicorn, uWSGI --
 #   built from source with gcc, about 20 s -- Flask, py-spy)
@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 PYTHON3=${PYTHON3:-python3}
 
 need="nginx:/usr/sbin/nginx wrk:/usr/bin/wrk libfcgi-dev:/usr/include/fcgiapp.h spawn-fcgi:/usr/bin/spawn-fcgi
-gcc:/usr/bin/gcc zlib1g-dev:/usr/include/zlib.h strace:/usr/bin/strace curl:/usr/bin/curl"
+gcc:/usr/bin/gcc zlib1g-dev:/usr/include/zlib.h strace:/usr/bin/strace curl:/usr/bin/curl
+valgrind:/usr/bin/valgrind"
 missing=""
 for item in $need; do
     [ -e "${item#*:}" ] || missing="$missing ${item%%:*}"

@@ -1,0 +1,149 @@
+"""Instructions per request in one backend worker, counted by valgrind (callgrind).
+
+    bench/.venv/bin/python bench/instructions.py [--backends wsgi_fcgi,uwsgi,libfcgi-c] [--paths /hello]
+                                                 [--src DIR] [-n 1000]
+
+On a shared virtual machine wall and CPU times move by tens of percent from
+one run to the next; the number of user-space instructions a worker executes
+per request does not (to a few tenths of a percent). This counts them: one
+worker (``-w 1``) under ``valgrind --tool=callgrind``, a warm-up, then N
+sequential requests from fcgiload's request bytes (what nginx sends), and
+the same with N+K; the difference over K is per request, start-up and
+shutdown cancelled out. Kernel work (the syscalls) is not in it: run.py
+measures CPU time. ``--keep`` keeps the callgrind files, for
+``callgrind_annotate --inclusive=yes FILE``. WSGI_FCGI_PURE_PYTHON=1 in the
+environment counts the pure-Python form of a compiled build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH.parent), str(BENCH)]
+
+import fcgiload  # noqa: E402  (needs the path above)
+
+VENV = BENCH / ".venv"
+
+
+def command(backend: str, sock: str, src: str) -> List[str]:
+    if backend == "uwsgi":
+        return [str(VENV / "bin" / "uwsgi"), "--fastcgi-socket", sock, "--processes", "1", "--master",
+                "--disable-logging", "--die-on-term", "--need-app", "--home", str(VENV),
+                "--pythonpath", str(BENCH), "--module", "apps:application"]
+    if backend == "libfcgi-c":
+        return ["spawn-fcgi", "-n", "-s", sock, "--", str(BENCH / "c" / "hello")]
+    return [str(VENV / "bin" / "python"), "-m", "wsgi_fcgi", "-w", "1", "--allow-root", "--timeout", "600",
+            "--log-level", "warning", "--bind", f"unix:{sock}", "apps:application"]
+
+
+def count(backend: str, path: str, requests: int, src: str, keep: Optional[str]) -> Tuple[int, str]:
+    """Instructions of the worker process over ``requests`` requests (plus start-up)."""
+    work = tempfile.mkdtemp(prefix="wsgi_fcgi-instructions-")
+    sock = os.path.join(work, "s.sock")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(BENCH)]))
+    argv = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--trace-children=yes",
+            f"--callgrind-out-file={work}/cg.%p"] + command(backend, sock, src)
+    log = open(os.path.join(work, "log"), "w")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        request = fcgiload.build_request(path)
+        _wait_until_serving(sock, request, proc)
+        for _ in range(requests):
+            ok, _, _ = fcgiload.one_request(sock, request, timeout=60)
+            if not ok:
+                raise SystemExit(f"{backend}: a request failed")
+        if backend == "libfcgi-c":
+            # the responder dies of SIGTERM before callgrind writes: dump its counts first
+            subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True,
+                           timeout=120)
+    finally:
+        _stop(proc)
+        log.close()
+    totals = _worker_totals(work, proc.pid, backend)
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        kept = os.path.join(keep, f"{backend}{path.replace('/', '-')}-{requests}.callgrind")
+        shutil.copy(totals[1], kept)
+        totals = (totals[0], kept)
+    shutil.rmtree(work, ignore_errors=True)
+    return totals
+
+
+def _wait_until_serving(sock: str, request: bytes, proc: "subprocess.Popen[bytes]") -> None:
+    deadline = time.monotonic() + 120  # valgrind starts Python slowly
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the backend exited with {proc.returncode} before serving")
+        try:
+            if fcgiload.one_request(sock, request, timeout=60)[0]:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)  # polling for start-up, with a deadline
+    raise SystemExit("the backend did not serve within 120 s")
+
+
+def _stop(proc: "subprocess.Popen[bytes]") -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _worker_totals(work: str, master_pid: int, backend: str) -> Tuple[int, str]:
+    """The callgrind file of the process that served: the master's own file is
+    skipped, except for libfcgi-c, where spawn-fcgi -n execs the responder."""
+    found: Dict[str, int] = {}
+    for name in glob.glob(os.path.join(work, "cg.*")):
+        if name.endswith(f".{master_pid}") and backend != "libfcgi-c":
+            continue
+        with open(name) as f:
+            for line in f:
+                if line.startswith(("summary:", "totals:")):
+                    found[name] = int(line.split()[1])
+                    break
+    if not found:
+        raise SystemExit(f"no callgrind output from a {backend} worker in {work}")
+    name = max(found, key=lambda n: found[n])  # the worker, not a short-lived helper process
+    return found[name], name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backends", default="wsgi_fcgi,uwsgi,libfcgi-c")
+    ap.add_argument("--paths", default="/hello", help="comma-separated request paths (apps.py workloads)")
+    ap.add_argument("--src", default=str(BENCH.parent), help="directory holding the wsgi_fcgi package")
+    ap.add_argument("-n", "--requests", type=int, default=1000, help="K, the requests counted (default 1000)")
+    ap.add_argument("--keep", metavar="DIR", help="keep the larger run's callgrind file here")
+    args = ap.parse_args()
+    warmup = 100
+    print(f"| backend | path | instructions/request |\n|---|---|---|")
+    for path in args.paths.split(","):
+        for backend in args.backends.split(","):
+            low, _ = count(backend, path, warmup, args.src, None)
+            high, name = count(backend, path, warmup + args.requests, args.src, args.keep)
+            label = backend + (" (pure Python)" if backend == "wsgi_fcgi" and os.environ.get(
+                "WSGI_FCGI_PURE_PYTHON", "") not in ("", "0") else "")
+            print(f"| {label} | {path} | {(high - low) / args.requests:,.0f} |", flush=True)
+            if args.keep:
+                print(f"<!-- {name} -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()
