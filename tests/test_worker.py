@@ -67,9 +67,8 @@ def test_request_head_and_body_are_read_from_the_socket(pair) -> None:
     conn = connection(ours)
     head = conn.read_request_head()
     assert head is not None
-    begin, params = head
-    assert begin == p.BeginRequest(7, p.FCGI_RESPONDER, True)
-    pairs = dict(params.pairs)
+    assert head.begin == p.BeginRequest(7, p.FCGI_RESPONDER, True)
+    pairs = dict(head.pairs)
     assert (pairs["REQUEST_METHOD"], pairs["PATH_INFO"], pairs["QUERY_STRING"]) == ("POST", "/upload", "x=1")
     assert pairs["CONTENT_LENGTH"] == str(len(body))
     assert not conn.proto.input_complete

@@ -28,6 +28,7 @@ only when the path contains a ``%``.
 
 from __future__ import annotations
 
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from .protocol import ROLE_NAMES
@@ -35,7 +36,7 @@ from .protocol import ROLE_NAMES
 __all__ = ["build_environ", "usable_content_length"]
 
 # The constant part of every environ; copied into each one with dict.update().
-_WSGI_TEMPLATE: dict[str, object] = {
+_WSGI_TEMPLATE: Final[dict[str, object]] = {
     "wsgi.version": (1, 0),
     "wsgi.url_scheme": "http",
     "wsgi.multithread": False,
@@ -47,18 +48,18 @@ _WSGI_TEMPLATE: dict[str, object] = {
 }
 
 # Keys the request handler owns; a PARAMS pair must never pre-empt them.
-_HANDLER_KEYS = ("wsgi.input", "wsgi.errors", "wsgi.file_wrapper")
+_HANDLER_KEYS: Final = ("wsgi.input", "wsgi.errors", "wsgi.file_wrapper")
 
 # Client headers that CGI maps to CONTENT_* instead; nginx and lighttpd send
 # the HTTP_ copies as well, and PEP 3333 (wsgiref.validate) forbids them.
-_SHADOW_HEADERS = ("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE")
+_SHADOW_HEADERS: Final = ("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE")
 
-_TRUE_HTTPS = frozenset(("on", "1", "yes", "true"))
+_TRUE_HTTPS: Final = frozenset(("on", "1", "yes", "true"))
 
 # A CONTENT_LENGTH longer than this (10**18 bytes and up) is treated as
 # garbage: int() of a huge digit string is slow, or raises under the
 # int-to-str digit limit of Python 3.11+ (CVE-2020-10735).
-_MAX_CONTENT_LENGTH_DIGITS = 18
+_MAX_CONTENT_LENGTH_DIGITS: Final = 18
 
 
 def usable_content_length(value: str | None) -> int | None:
@@ -93,7 +94,7 @@ def build_environ(
     """
     # 1-2. Decode (done by the caller) and merge: last pair wins, except HTTP_*.
     env: dict[str, str] = dict(pairs)
-    if len(env) != len(pairs):
+    if len(env) != len(pairs) and _has_repeated_header(pairs):
         env = _merge_duplicates(pairs)
 
     # 3. httpoxy: a client "Proxy:" header must never look like a proxy setting.
@@ -148,6 +149,16 @@ def build_environ(
     if multithread:
         environ["wsgi.multithread"] = True
     return environ
+
+
+def _has_repeated_header(pairs: list[tuple[str, str]]) -> bool:
+    """Whether an ``HTTP_*`` name other than HTTP_HOST comes more than once, so
+    that ``_merge_duplicates`` must join it. Other repeated names need nothing
+    more: ``dict(pairs)`` kept the last value, in the first one's place, as
+    ``_merge_duplicates`` does (nginx's documented overrides of SCRIPT_NAME and
+    HTTP_HOST repeat on every request, so this is the common case)."""
+    names = [name for name, _ in pairs if name.startswith("HTTP_") and name != "HTTP_HOST"]
+    return len(set(names)) != len(names)
 
 
 def _merge_duplicates(pairs: list[tuple[str, str]]) -> dict[str, str]:

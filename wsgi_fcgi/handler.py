@@ -29,7 +29,7 @@ import tempfile
 import time
 import traceback
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from collections.abc import Callable, Iterable, Iterator
 
 from . import protocol as p
@@ -44,22 +44,22 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], None]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-SPOOL_THRESHOLD = 1024 * 1024  # bodies of unknown length: memory up to here, then a temp file
-FILE_BLOCK_SIZE = 65535
-FILE_RECORD_SIZE = 65528  # the largest multiple of 8 a record can hold
-MERGE_LIMIT = 65536  # a first body chunk up to this size shares the header block's record
+SPOOL_THRESHOLD: Final = 1024 * 1024  # bodies of unknown length: memory up to here, then a temp file
+FILE_BLOCK_SIZE: Final = 65535
+FILE_RECORD_SIZE: Final = 65528  # the largest multiple of 8 a record can hold
+MERGE_LIMIT: Final = 65536  # a first body chunk up to this size shares the header block's record
 
-_STATUS_RE = re.compile(r"[0-9]{3}( [\t\x20-\x7e\x80-\xff]*)?")
-_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
-_HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "te", "trailer",
+_STATUS_RE: Final = re.compile(r"[0-9]{3}( [\t\x20-\x7e\x80-\xff]*)?")
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+_HOP_BY_HOP: Final = frozenset(("connection", "keep-alive", "proxy-connection", "te", "trailer",
                          "transfer-encoding", "upgrade"))
 
-ERROR_400 = (b"Status: 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+ERROR_400: Final = (b"Status: 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
              b"Content-Length: 11\r\n\r\nBad Request")
-ERROR_413 = (b"Status: 413 Request Entity Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+ERROR_413: Final = (b"Status: 413 Request Entity Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
              b"Content-Length: 24\r\n\r\nRequest Entity Too Large")
-ERROR_500 = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+ERROR_500: Final = (b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
              b"Content-Length: 21\r\n\r\nInternal Server Error")
 
 
@@ -414,7 +414,8 @@ class RequestHandler:
         except self._app_failures:
             self._app_error(environ, response, sys.exc_info())
         finally:
-            close = getattr(result, "close", None)
+            # (a list or tuple has no close(); asking costs an AttributeError)
+            close = getattr(result, "close", None) if type(result) not in (list, tuple) else None
             if close is not None:
                 try:
                     close()
@@ -682,7 +683,7 @@ def _checked_headers(headers: Any) -> list[tuple[str, str]]:
         name, value = item
         if name not in good_names:
             _check_name(name)
-        if not isinstance(value, str) or _BAD_VALUE_RE.search(value):
+        if not isinstance(value, str) or not _is_good_value(value):
             raise InvalidResponse(f"invalid value for header {name}: {value!r}")
         if good_names.get(name) is False:
             error_log.debug("dropping hop-by-hop header %s from the response", name)
@@ -693,9 +694,15 @@ def _checked_headers(headers: Any) -> list[tuple[str, str]]:
 
 # Header names already checked: True to send, False to drop (hop-by-hop). An
 # app sends the same dozen names again and again; the regex runs once each.
-_GOOD_NAMES: dict[str, bool] = {}
-_GOOD_NAMES_MAX = 1024
+_GOOD_NAMES: Final[dict[str, bool]] = {}
+_GOOD_NAMES_MAX: Final = 1024
 _GOOD_STATUSES: set[str] = set()  # status lines already checked, the same way
+
+
+def _is_good_value(value: str) -> bool:
+    """No control character but tab, nothing beyond latin-1. Printable ASCII,
+    nearly every value, is answered without the regex."""
+    return (value.isascii() and value.isprintable()) or not _BAD_VALUE_RE.search(value)
 
 
 def _check_name(name: Any) -> None:

@@ -29,53 +29,52 @@ import enum
 import functools
 import struct
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 from collections.abc import Iterable, Sequence
 
 # --- constants (spec section 8) -------------------------------------------
 
-FCGI_LISTENSOCK_FILENO = 0
-FCGI_HEADER_LEN = 8
-FCGI_VERSION_1 = 1
-FCGI_NULL_REQUEST_ID = 0
-FCGI_KEEP_CONN = 1
-MAX_CONTENT_LENGTH = 0xFFFF
+FCGI_LISTENSOCK_FILENO: Final = 0
+FCGI_HEADER_LEN: Final = 8
+FCGI_VERSION_1: Final = 1
+FCGI_NULL_REQUEST_ID: Final = 0
+FCGI_KEEP_CONN: Final = 1
+MAX_CONTENT_LENGTH: Final = 0xFFFF
 
-FCGI_BEGIN_REQUEST = 1
-FCGI_ABORT_REQUEST = 2
-FCGI_END_REQUEST = 3
-FCGI_PARAMS = 4
-FCGI_STDIN = 5
-FCGI_STDOUT = 6
-FCGI_STDERR = 7
-FCGI_DATA = 8
-FCGI_GET_VALUES = 9
-FCGI_GET_VALUES_RESULT = 10
-FCGI_UNKNOWN_TYPE = 11
-FCGI_MAXTYPE = FCGI_UNKNOWN_TYPE
+FCGI_BEGIN_REQUEST: Final = 1
+FCGI_ABORT_REQUEST: Final = 2
+FCGI_END_REQUEST: Final = 3
+FCGI_PARAMS: Final = 4
+FCGI_STDIN: Final = 5
+FCGI_STDOUT: Final = 6
+FCGI_STDERR: Final = 7
+FCGI_DATA: Final = 8
+FCGI_GET_VALUES: Final = 9
+FCGI_GET_VALUES_RESULT: Final = 10
+FCGI_UNKNOWN_TYPE: Final = 11
+FCGI_MAXTYPE: Final = FCGI_UNKNOWN_TYPE
 
-FCGI_RESPONDER = 1
-FCGI_AUTHORIZER = 2
-FCGI_FILTER = 3
-ROLE_NAMES = {FCGI_RESPONDER: "RESPONDER", FCGI_AUTHORIZER: "AUTHORIZER", FCGI_FILTER: "FILTER"}
+FCGI_RESPONDER: Final = 1
+FCGI_AUTHORIZER: Final = 2
+FCGI_FILTER: Final = 3
+ROLE_NAMES: Final = {FCGI_RESPONDER: "RESPONDER", FCGI_AUTHORIZER: "AUTHORIZER", FCGI_FILTER: "FILTER"}
 
-FCGI_REQUEST_COMPLETE = 0
-FCGI_CANT_MPX_CONN = 1
-FCGI_OVERLOADED = 2
-FCGI_UNKNOWN_ROLE = 3
+FCGI_REQUEST_COMPLETE: Final = 0
+FCGI_CANT_MPX_CONN: Final = 1
+FCGI_OVERLOADED: Final = 2
+FCGI_UNKNOWN_ROLE: Final = 3
 
-FCGI_MAX_CONNS = "FCGI_MAX_CONNS"
-FCGI_MAX_REQS = "FCGI_MAX_REQS"
-FCGI_MPXS_CONNS = "FCGI_MPXS_CONNS"
+FCGI_MAX_CONNS: Final = "FCGI_MAX_CONNS"
+FCGI_MAX_REQS: Final = "FCGI_MAX_REQS"
+FCGI_MPXS_CONNS: Final = "FCGI_MPXS_CONNS"
 
-HEADER = struct.Struct("!BBHHBx")
-_LENGTH4 = struct.Struct("!I")
-BEGIN_REQUEST_BODY = struct.Struct("!HB5x")
-END_REQUEST_BODY = struct.Struct("!IB3x")
-UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
+HEADER: Final = struct.Struct("!BBHHBx")
+BEGIN_REQUEST_BODY: Final = struct.Struct("!HB5x")
+END_REQUEST_BODY: Final = struct.Struct("!IB3x")
+UNKNOWN_TYPE_BODY: Final = struct.Struct("!B7x")
 
-PADDING = bytes(7)  # what records are padded with
-_APPLICATION_TYPES = frozenset(
+PADDING: Final = bytes(7)  # what records are padded with
+_APPLICATION_TYPES: Final = frozenset(
     (FCGI_BEGIN_REQUEST, FCGI_ABORT_REQUEST, FCGI_END_REQUEST, FCGI_PARAMS,
      FCGI_STDIN, FCGI_STDOUT, FCGI_STDERR, FCGI_DATA)
 )
@@ -138,12 +137,30 @@ class Params(NamedTuple):
     pairs: list[tuple[str, str]]
 
 
-class RequestHead(NamedTuple):
-    """What ``ServerConnection.read_request_head`` takes in one go."""
+class RequestHead:
+    """The start of a request as a worker serves it: its BEGIN_REQUEST and its
+    complete PARAMS. ``ServerConnection.read_request_head`` takes it in one go;
+    from the events, the worker makes one itself. A plain class rather than
+    two events: one object per request, whose fields compiled code reads
+    directly."""
 
-    begin: BeginRequest
-    params: Params
-    stdin_done: bool  # the empty STDIN record came too (a request without a body)
+    __slots__ = ("request_id", "role", "keep_conn", "pairs", "stdin_done")
+
+    def __init__(self, request_id: int, role: int, keep_conn: bool, pairs: list[tuple[str, str]],
+                 stdin_done: bool = False) -> None:
+        self.request_id = request_id
+        self.role = role
+        self.keep_conn = keep_conn
+        self.pairs = pairs
+        self.stdin_done = stdin_done  # the empty STDIN record came too (a request without a body)
+
+    @property
+    def begin(self) -> BeginRequest:
+        return BeginRequest(self.request_id, self.role, self.keep_conn)
+
+    @property
+    def params(self) -> Params:
+        return Params(self.request_id, self.pairs)
 
 
 class StdinData(NamedTuple):
@@ -217,7 +234,7 @@ class _NeedData:
         return "NEED_DATA"
 
 
-NEED_DATA = _NeedData()
+NEED_DATA: Final = _NeedData()
 """Returned by ``next_event`` when more bytes must be received first."""
 
 
@@ -316,30 +333,28 @@ def decode_pairs(content: bytes | memoryview, limits: Limits | None = None) -> l
     """
     limits = limits or _DEFAULT_LIMITS
     # latin-1 maps every byte to one code point, so one decode of the whole
-    # buffer lets names and values be sliced out as str with no per-pair decode.
-    # Lengths are read from the bytes (indexing gives ints); names and values are
-    # sliced from one latin-1 decode of the whole stream (one code point per byte),
-    # so no pair is decoded on its own. Running off the end shows up as IndexError.
-    text = str(content, "latin-1")  # content may be any bytes-like object (a record's memoryview)
-    data = content
+    # buffer lets names and values be sliced out as str, with no per-pair
+    # decode. Lengths are read by indexing ``bytes`` (an int per byte: a plain
+    # C load once compiled, where a memoryview or struct call is not); running
+    # off the end shows up as IndexError.
+    data = content if type(content) is bytes else bytes(content)
+    text = data.decode("latin-1")
     end = len(data)
     pos = 0
     pairs: list[tuple[str, str]] = []
-    append = pairs.append
-    unpack_length = _LENGTH4.unpack_from
     max_name = limits.max_name_length
     max_value = limits.max_value_length
     try:
         while pos < end:
             name_len = data[pos]
             if name_len > 127:
-                name_len = unpack_length(data, pos)[0] & 0x7FFFFFFF
+                name_len = _length4(data, pos)
                 pos += 4
             else:
                 pos += 1
             value_len = data[pos]
             if value_len > 127:
-                value_len = unpack_length(data, pos)[0] & 0x7FFFFFFF
+                value_len = _length4(data, pos)
                 pos += 4
             else:
                 pos += 1
@@ -348,14 +363,19 @@ def decode_pairs(content: bytes | memoryview, limits: Limits | None = None) -> l
             if value_end > end or name_len > max_name or value_len > max_value:
                 _explain_bad_pair(name_len, value_len, limits)
                 raise ProtocolError("name-value pair runs past the end of the stream")
-            append((text[pos:value_start], text[value_start:value_end]))
+            pairs.append((text[pos:value_start], text[value_start:value_end]))
             pos = value_end
-    except (IndexError, struct.error):
+    except IndexError:
         raise ProtocolError("truncated length in name-value pair") from None
     # Checked once at the end: the stream's size, already capped, bounds the count meanwhile.
     if len(pairs) > limits.max_params_count:
         raise ProtocolError(f"more than {limits.max_params_count} parameters")
     return pairs
+
+
+def _length4(data: bytes, pos: int) -> int:
+    """A 4-byte name or value length (its top bit is the "long form" flag)."""
+    return ((data[pos] & 0x7F) << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
 
 
 def _explain_bad_pair(name_len: int, value_len: int, limits: Limits) -> None:
@@ -365,7 +385,7 @@ def _explain_bad_pair(name_len: int, value_len: int, limits: Limits) -> None:
         raise ProtocolError(f"parameter value of {value_len} bytes exceeds the limit of {limits.max_value_length}")
 
 
-_DEFAULT_LIMITS = Limits()
+_DEFAULT_LIMITS: Final = Limits()
 
 
 # --- framing -----------------------------------------------------------------
@@ -500,7 +520,7 @@ class RequestState(enum.Enum):
 
 # The empty record that ends the stream being read moves the request on; which
 # state follows depends on the role (spec 6: only a FILTER has a DATA stream).
-_NEXT_STATE = {
+_NEXT_STATE: Final = {
     (FCGI_RESPONDER, RequestState.PARAMS): RequestState.STDIN,
     (FCGI_RESPONDER, RequestState.STDIN): RequestState.INPUT_COMPLETE,
     (FCGI_AUTHORIZER, RequestState.PARAMS): RequestState.STDIN,
@@ -513,11 +533,11 @@ _NEXT_STATE = {
 # request body (spec 6.3), and mod_authnz_fcgi sends not even the empty STDIN
 # record. Nothing of it is waited for: wsgi.input is empty, and once the request
 # has ended the connection may close without waiting for a STDIN record.
-ROLES_WITHOUT_STDIN = frozenset((FCGI_AUTHORIZER,))
-_STREAM_STATE = {FCGI_PARAMS: RequestState.PARAMS, FCGI_STDIN: RequestState.STDIN, FCGI_DATA: RequestState.DATA}
-_STREAM_NAMES = {FCGI_PARAMS: "PARAMS", FCGI_STDIN: "STDIN", FCGI_DATA: "DATA"}
-_STATE_ORDER = list(RequestState)
-_STREAMS_TO_COME = {
+ROLES_WITHOUT_STDIN: Final = frozenset((FCGI_AUTHORIZER,))
+_STREAM_STATE: Final = {FCGI_PARAMS: RequestState.PARAMS, FCGI_STDIN: RequestState.STDIN, FCGI_DATA: RequestState.DATA}
+_STREAM_NAMES: Final = {FCGI_PARAMS: "PARAMS", FCGI_STDIN: "STDIN", FCGI_DATA: "DATA"}
+_STATE_ORDER: Final = list(RequestState)
+_STREAMS_TO_COME: Final = {
     RequestState.PARAMS: (FCGI_STDIN, FCGI_DATA),
     RequestState.STDIN: (FCGI_STDIN, FCGI_DATA),
     RequestState.DATA: (FCGI_DATA,),
@@ -670,18 +690,28 @@ class ServerConnection:
             return None
         reader = self._reader
         buf, pos = reader.window()
-        end = len(buf)
+        end: int = len(buf)
         if end - pos < 16:
             return None
+        # The fields declared int: compiled, the arithmetic and comparisons below are on C integers.
+        version: int
+        rtype: int
+        rid: int
+        length: int
+        padding: int
+        record_id: int
         version, rtype, rid, length, padding = HEADER.unpack_from(buf, pos)
         if version != FCGI_VERSION_1 or rtype != FCGI_BEGIN_REQUEST or not rid or length != 8:
             return None
+        role: int
+        flags: int
         role, flags = BEGIN_REQUEST_BODY.unpack_from(buf, pos + FCGI_HEADER_LEN)
         pos += FCGI_HEADER_LEN + 8 + padding
         if role not in self.roles:
             return None
-        chunks: list[bytes] = []
+        chunks: list[bytes | memoryview] = []
         size = 0
+        max_size = self.limits.max_params_bytes
         while True:  # PARAMS records up to the empty one
             if end - pos < FCGI_HEADER_LEN:
                 return None
@@ -693,11 +723,11 @@ class ServerConnection:
             if not length:
                 break
             size += length
-            if size > self.limits.max_params_bytes:
+            if size > max_size:
                 return None
             chunks.append(buf[start:start + length])
         try:
-            pairs = decode_pairs(b"".join(chunks), self.limits)
+            pairs = decode_pairs(chunks[0] if len(chunks) == 1 else b"".join(chunks), self.limits)
         except ProtocolError:
             return None  # next_event raises it, after the BeginRequest event, as always
         active = self._active = _ActiveRequest(rid, role, _NEXT_STATE[role, RequestState.PARAMS])
@@ -711,7 +741,7 @@ class ServerConnection:
                 active.end_stream()
                 stdin_done = True
         reader.advance(pos)
-        return RequestHead(BeginRequest(rid, role, bool(flags & FCGI_KEEP_CONN)), Params(rid, pairs), stdin_done)
+        return RequestHead(rid, role, bool(flags & FCGI_KEEP_CONN), pairs, stdin_done)
 
     def read_stdin_chunk(self) -> Any:
         """The fast path for the body: the content of the next record when it is

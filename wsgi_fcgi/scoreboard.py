@@ -16,19 +16,19 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 # busy_since (0.0 = idle), idle_since, last request's duration, requests served,
 # pid, current (or last) request description
-_SLOT = struct.Struct("=dddQi4x216s")
-_SLOT_END = struct.Struct("=dddQ")
-SLOT_SIZE = _SLOT.size
+_SLOT: Final = struct.Struct("=dddQi4x216s")
+_SLOT_END: Final = struct.Struct("=dddQ")
+SLOT_SIZE: Final = _SLOT.size
 
 # started (wall clock), started (monotonic), max active workers seen, times every
 # worker was busy, slow requests, requests served by workers that have exited,
 # pool size (the maximum for dynamic/ondemand), pool mode
-_HEADER = struct.Struct("=ddQQQQQ16s")
-HEADER_SIZE = 128
+_HEADER: Final = struct.Struct("=ddQQQQQ16s")
+HEADER_SIZE: Final = 128
 assert _HEADER.size <= HEADER_SIZE
 
 

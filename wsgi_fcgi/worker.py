@@ -35,7 +35,7 @@ import sys
 import time
 import traceback
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 from collections.abc import Callable, Sequence
 
 from . import protocol as p
@@ -49,20 +49,20 @@ from .status import ping_page, status_page
 
 error_log = logging.getLogger("wsgi_fcgi.error")
 
-RECV_SIZE = 64 * 1024  # a request head, or a record
-BODY_RECV_SIZE = 256 * 1024  # while a body streams in: fewer recv calls (heap-allocated, see _keep_freed_memory)
-MAX_IOV = 512  # buffers per sendmsg call, well under IOV_MAX (1024)
-LINGER_SECONDS = 2.0
-REFUSAL_LOG_INTERVAL = 60.0  # log a refused peer address at most once a minute
-ACCEPT_PAUSE = 0.5  # seconds without accepting after EMFILE and friends
-QUIET_BEFORE_CLOSE = 0.2  # a kept connection unused this long is not about to be reused
-DRAIN_SECONDS = 3.0  # most a leaving worker spends serving its kept connections
-ACCEPT_ERROR_LOG_INTERVAL = 10.0
-ACCEPT_STREAK = 16  # connections served back to back before the loop checks signals and timers again
+RECV_SIZE: Final = 64 * 1024  # a request head, or a record
+BODY_RECV_SIZE: Final = 256 * 1024  # while a body streams in: fewer recv calls (heap-allocated, see _keep_freed_memory)
+MAX_IOV: Final = 512  # buffers per sendmsg call, well under IOV_MAX (1024)
+LINGER_SECONDS: Final = 2.0
+REFUSAL_LOG_INTERVAL: Final = 60.0  # log a refused peer address at most once a minute
+ACCEPT_PAUSE: Final = 0.5  # seconds without accepting after EMFILE and friends
+QUIET_BEFORE_CLOSE: Final = 0.2  # a kept connection unused this long is not about to be reused
+DRAIN_SECONDS: Final = 3.0  # most a leaving worker spends serving its kept connections
+ACCEPT_ERROR_LOG_INTERVAL: Final = 10.0
+ACCEPT_STREAK: Final = 16  # connections served back to back before the loop checks signals and timers again
 CHECK_PEER_INTERVAL = 0.05  # seconds of a streamed response between looks at what the web server sent
 
 
-NOTHING_TO_ACCEPT = object()  # _take_connection: the queue is empty (or accepting paused)
+NOTHING_TO_ACCEPT: Final = object()  # _take_connection: the queue is empty (or accepting paused)
 
 
 class ReadTimeout(Exception):
@@ -129,7 +129,7 @@ class Connection:
         self._arm_stall_timeout()
         return self._recv(size)
 
-    def read_request_head(self) -> tuple[p.BeginRequest, p.Params] | None:
+    def read_request_head(self) -> p.RequestHead | None:
         """BEGIN_REQUEST and PARAMS through the protocol's fast path, reading once
         if nothing is buffered; None when the general path (next_event) must run.
         A GET from nginx arrives in one segment with its empty STDIN record, which
@@ -140,10 +140,7 @@ class Connection:
             proto.receive_data(data)
             if not data:
                 return None
-        head = proto.read_request_head()
-        if head is None:
-            return None
-        return head.begin, head.params
+        return proto.read_request_head()
 
     # Channel for the handler
     def read_stdin(self) -> Chunk:
@@ -768,17 +765,17 @@ class Worker:
         try:
             while True:
                 self.heartbeat()
-                begin, params = self._read_request_head(conn)
-                if begin is None or params is None:
+                head = self._read_request_head(conn)
+                if head is None:
                     conn.close()
                     return False
-                if not self._run_request(conn, begin, params, slot):
+                if not self._run_request(conn, head, slot):
                     conn.close()
                     return False
                 if self.alive and self._recycle_due():
                     error_log.info("worker %d: served %d requests, recycling", os.getpid(), self.requests)
                     self.alive = False
-                if not begin.keep_conn:
+                if not head.keep_conn:
                     conn.close_after_response()
                     return False
                 if not self.alive and not self.draining:
@@ -799,8 +796,8 @@ class Worker:
         conn.close()
         return False
 
-    def _read_request_head(self, conn: Connection) -> tuple[p.BeginRequest | None, p.Params | None]:
-        """Wait for BEGIN_REQUEST and the complete PARAMS; (None, None) if the peer closed."""
+    def _read_request_head(self, conn: Connection) -> p.RequestHead | None:
+        """Wait for BEGIN_REQUEST and the complete PARAMS; None if the peer closed."""
         head = conn.read_request_head()
         if head is not None:
             return head
@@ -808,21 +805,21 @@ class Worker:
         while True:
             event = conn.next_event()
             if isinstance(event, p.ConnectionClosed):
-                return None, None
+                return None
             if isinstance(event, p.BeginRequest):
                 begin = event
             elif isinstance(event, p.Params) and begin is not None:
-                return begin, event
+                return p.RequestHead(begin.request_id, begin.role, begin.keep_conn, event.pairs)
             elif isinstance(event, p.AbortRequest) and begin is not None:
                 # Aborted before it started: answer at once, as the spec asks.
                 conn.start_request(begin.request_id)
                 conn.send([conn.end_request(0)])
                 begin = None
 
-    def _run_request(self, conn: Connection, begin: p.BeginRequest, params: p.Params, slot: Slot) -> bool:
-        conn.start_request(begin.request_id)
+    def _run_request(self, conn: Connection, head: p.RequestHead, slot: Slot) -> bool:
+        conn.start_request(head.request_id)
         try:
-            return self.handler.handle(conn, begin.request_id, begin.role, params.pairs, slot.begin)
+            return self.handler.handle(conn, head.request_id, head.role, head.pairs, slot.begin)
         finally:
             self._count_request(slot)
 
