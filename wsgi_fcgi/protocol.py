@@ -576,6 +576,9 @@ def _get_values_answers(max_conns: int, max_reqs: int) -> dict[str, str]:
     return {FCGI_MAX_CONNS: str(max_conns), FCGI_MAX_REQS: str(max_reqs), FCGI_MPXS_CONNS: "0"}
 
 
+_ALL_ROLES: Final = frozenset((FCGI_RESPONDER, FCGI_AUTHORIZER, FCGI_FILTER))
+
+
 class ServerConnection:
     """Application-side state machine of one FastCGI transport connection.
 
@@ -585,10 +588,10 @@ class ServerConnection:
     """
 
     def __init__(self, *, max_conns: int = 1, max_reqs: int = 1,
-                 roles: Sequence[int] = (FCGI_RESPONDER, FCGI_AUTHORIZER, FCGI_FILTER),
+                 roles: Sequence[int] | frozenset[int] = _ALL_ROLES,
                  limits: Limits | None = None) -> None:
         self.limits = limits or _DEFAULT_LIMITS
-        self.roles = frozenset(roles)
+        self.roles = roles if type(roles) is frozenset else frozenset(roles)  # one set, not one per connection
         self.values = _get_values_answers(max_conns, max_reqs)
         self._reader = RecordReader()
         self._active: _ActiveRequest | None = None
