@@ -1,7 +1,7 @@
 """Instructions per request in one backend worker, counted by valgrind (callgrind).
 
     bench/.venv/bin/python bench/instructions.py [--backends wsgi_fcgi,uwsgi,libfcgi-c] [--paths /hello]
-                                                 [--src DIR] [-n 1000]
+                                                 [--app flaskapp:app --paths /] [--src DIR] [-n 1000]
 
 On a shared virtual machine wall and CPU times move by tens of percent from
 one run to the next; the number of user-space instructions a worker executes
@@ -37,24 +37,24 @@ import fcgiload  # noqa: E402  (needs the path above)
 VENV = BENCH / ".venv"
 
 
-def command(backend: str, sock: str, src: str) -> List[str]:
+def command(backend: str, sock: str, app: str) -> List[str]:
     if backend == "uwsgi":
         return [str(VENV / "bin" / "uwsgi"), "--fastcgi-socket", sock, "--processes", "1", "--master",
                 "--disable-logging", "--die-on-term", "--need-app", "--home", str(VENV),
-                "--pythonpath", str(BENCH), "--module", "apps:application"]
+                "--pythonpath", str(BENCH), "--module", app]
     if backend == "libfcgi-c":
         return ["spawn-fcgi", "-n", "-s", sock, "--", str(BENCH / "c" / "hello")]
     return [str(VENV / "bin" / "python"), "-m", "wsgi_fcgi", "-w", "1", "--allow-root", "--timeout", "600",
-            "--log-level", "warning", "--bind", f"unix:{sock}", "apps:application"]
+            "--log-level", "warning", "--bind", f"unix:{sock}", app]
 
 
-def count(backend: str, path: str, requests: int, src: str, keep: Optional[str]) -> Tuple[int, str]:
+def count(backend: str, app: str, path: str, requests: int, src: str, keep: Optional[str]) -> Tuple[int, str]:
     """Instructions of the worker process over ``requests`` requests (plus start-up)."""
     work = tempfile.mkdtemp(prefix="wsgi_fcgi-instructions-")
     sock = os.path.join(work, "s.sock")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(BENCH)]))
     argv = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--trace-children=yes",
-            f"--callgrind-out-file={work}/cg.%p"] + command(backend, sock, src)
+            f"--callgrind-out-file={work}/cg.%p"] + command(backend, sock, app)
     log = open(os.path.join(work, "log"), "w")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
@@ -128,19 +128,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", default="wsgi_fcgi,uwsgi,libfcgi-c")
     ap.add_argument("--paths", default="/hello", help="comma-separated request paths (apps.py workloads)")
+    ap.add_argument("--app", default="apps:application", help="the WSGI app (flaskapp:app with --paths /)")
     ap.add_argument("--src", default=str(BENCH.parent), help="directory holding the wsgi_fcgi package")
     ap.add_argument("-n", "--requests", type=int, default=1000, help="K, the requests counted (default 1000)")
     ap.add_argument("--keep", metavar="DIR", help="keep the larger run's callgrind file here")
     args = ap.parse_args()
     warmup = 100
-    print(f"| backend | path | instructions/request |\n|---|---|---|")
+    print("| backend | app | path | instructions/request |\n|---|---|---|---|")
     for path in args.paths.split(","):
         for backend in args.backends.split(","):
-            low, _ = count(backend, path, warmup, args.src, None)
-            high, name = count(backend, path, warmup + args.requests, args.src, args.keep)
+            low, _ = count(backend, args.app, path, warmup, args.src, None)
+            high, name = count(backend, args.app, path, warmup + args.requests, args.src, args.keep)
             label = backend + (" (pure Python)" if backend == "wsgi_fcgi" and os.environ.get(
                 "WSGI_FCGI_PURE_PYTHON", "") not in ("", "0") else "")
-            print(f"| {label} | {path} | {(high - low) / args.requests:,.0f} |", flush=True)
+            print(f"| {label} | {args.app} | {path} | {(high - low) / args.requests:,.0f} |", flush=True)
             if args.keep:
                 print(f"<!-- {name} -->", flush=True)
 
