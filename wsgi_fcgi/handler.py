@@ -337,7 +337,8 @@ class RequestHandler:
         environ = build_environ(pairs, script_name=self.script_name, role=role,
                                 multiprocess=self.multiprocess, multithread=self.multithread)
         if on_start is not None:
-            on_start(*request_line(environ))
+            method, uri = request_line(environ)
+            on_start(method, uri)  # (not *args: compiled, that builds a tuple and a generic call)
         response = Response(channel, request_id, role, environ.get("REQUEST_METHOD") == "HEAD")
         try:
             return self._run(channel, role, environ, response)
