@@ -48,7 +48,8 @@ def command(backend: str, sock: str, app: str) -> List[str]:
             "--log-level", "warning", "--bind", f"unix:{sock}", app]
 
 
-def count(backend: str, app: str, path: str, requests: int, src: str, keep: Optional[str]) -> Tuple[int, str]:
+def count(backend: str, app: str, path: str, requests: int, src: str, keep: Optional[str],
+          body: int = 0) -> Tuple[int, str]:
     """Instructions of the worker process over ``requests`` requests (plus start-up)."""
     work = tempfile.mkdtemp(prefix="wsgi_fcgi-instructions-")
     sock = os.path.join(work, "s.sock")
@@ -58,7 +59,7 @@ def count(backend: str, app: str, path: str, requests: int, src: str, keep: Opti
     log = open(os.path.join(work, "log"), "w")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
-        request = fcgiload.build_request(path)
+        request = fcgiload.build_request(path, body)
         _wait_until_serving(sock, request, proc)
         for _ in range(requests):
             ok, _, _ = fcgiload.one_request(sock, request, timeout=60)
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--backends", default="wsgi_fcgi,uwsgi,libfcgi-c")
     ap.add_argument("--paths", default="/hello", help="comma-separated request paths (apps.py workloads)")
     ap.add_argument("--app", default="apps:application", help="the WSGI app (flaskapp:app with --paths /)")
+    ap.add_argument("--body", type=int, default=0, help="POST a body of this many bytes (/post_1m: 1048576)")
     ap.add_argument("--src", default=str(BENCH.parent), help="directory holding the wsgi_fcgi package")
     ap.add_argument("-n", "--requests", type=int, default=1000, help="K, the requests counted (default 1000)")
     ap.add_argument("--keep", metavar="DIR", help="keep the larger run's callgrind file here")
@@ -137,8 +139,9 @@ def main() -> None:
     print("| backend | app | path | instructions/request |\n|---|---|---|---|")
     for path in args.paths.split(","):
         for backend in args.backends.split(","):
-            low, _ = count(backend, args.app, path, warmup, args.src, None)
-            high, name = count(backend, args.app, path, warmup + args.requests, args.src, args.keep)
+            low, _ = count(backend, args.app, path, warmup, args.src, None, args.body)
+            high, name = count(backend, args.app, path, warmup + args.requests, args.src, args.keep,
+                               args.body)
             label = backend + (" (pure Python)" if backend == "wsgi_fcgi" and os.environ.get(
                 "WSGI_FCGI_PURE_PYTHON", "") not in ("", "0") else "")
             print(f"| {label} | {args.app} | {path} | {(high - low) / args.requests:,.0f} |", flush=True)
