@@ -154,6 +154,11 @@ def build_environ(
     return environ
 
 
+def _is_joined_header(name: str) -> bool:
+    """A name whose repeated values are joined: a client header, except HTTP_HOST."""
+    return name.startswith("HTTP_") and name != "HTTP_HOST"
+
+
 def _has_repeated_header(pairs: list[tuple[str, str]]) -> bool:
     """Whether an ``HTTP_*`` name other than HTTP_HOST comes more than once, so
     that ``_merge_duplicates`` must join it. Other repeated names need nothing
@@ -162,7 +167,7 @@ def _has_repeated_header(pairs: list[tuple[str, str]]) -> bool:
     HTTP_HOST repeat on every request, so this is the common case)."""
     seen: set[str] = set()
     for name, _ in pairs:
-        if name.startswith("HTTP_") and name != "HTTP_HOST":
+        if _is_joined_header(name):
             if name in seen:
                 return True
             seen.add(name)
@@ -179,7 +184,7 @@ def _merge_duplicates(pairs: list[tuple[str, str]]) -> dict[str, str]:
     follows Debian's ``HTTP_HOST $host``."""
     env: dict[str, str] = {}
     for name, value in pairs:
-        if name in env and name.startswith("HTTP_") and name != "HTTP_HOST":
+        if name in env and _is_joined_header(name):
             env[name] = env[name] + ("; " if name == "HTTP_COOKIE" else ", ") + value
         else:
             env[name] = value
