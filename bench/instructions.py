@@ -133,13 +133,13 @@ def main() -> None:
     ap.add_argument("--body", type=int, default=0, help="POST a body of this many bytes (/post_1m: 1048576)")
     ap.add_argument("--src", default=str(BENCH.parent), help="directory holding the wsgi_fcgi package")
     ap.add_argument("-n", "--requests", type=int, default=1000, help="K, the requests counted (default 1000)")
-    ap.add_argument("--keep", metavar="DIR", help="keep the larger run's callgrind file here")
+    ap.add_argument("--keep", metavar="DIR", help="keep both runs' callgrind files here")
     args = ap.parse_args()
     warmup = 100
     print("| backend | app | path | instructions/request |\n|---|---|---|---|")
     for path in args.paths.split(","):
         for backend in args.backends.split(","):
-            low, _ = count(backend, args.app, path, warmup, args.src, None, args.body)
+            low, _ = count(backend, args.app, path, warmup, args.src, args.keep, args.body)
             high, name = count(backend, args.app, path, warmup + args.requests, args.src, args.keep,
                                args.body)
             label = backend + (" (pure Python)" if backend == "wsgi_fcgi" and os.environ.get(
