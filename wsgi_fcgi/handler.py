@@ -48,6 +48,7 @@ SPOOL_THRESHOLD: Final = 1024 * 1024  # bodies of unknown length: memory up to h
 FILE_BLOCK_SIZE: Final = 65535
 FILE_RECORD_SIZE: Final = 65528  # the largest multiple of 8 a record can hold
 MERGE_LIMIT: Final = 65536  # a first body chunk up to this size shares the header block's record
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)  # what a body chunk may be
 
 _STATUS_RE: Final = re.compile(r"[0-9]{3}( [\t\x20-\x7e\x80-\xff]*)?")
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -505,7 +506,7 @@ class Response:
         self.flush()
 
     def write(self, data: bytes) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if type(data) is not bytes and not isinstance(data, _BYTES_LIKE):
             raise TypeError(f"response body chunks must be bytes, not {type(data).__name__}")
         if self.ended:
             if data and not self.discard_body:

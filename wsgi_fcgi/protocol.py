@@ -285,17 +285,40 @@ def encode_stream(record_type: int, request_id: int, data: bytes | bytearray | m
     return out
 
 
-@functools.lru_cache(maxsize=256)  # the same few (id, status) pairs, request after request
+# The records that end every request are the same few, request after request
+# (one request id per connection, status 0): each is built once. A dict with
+# an int key, not functools.lru_cache: compiled, the cache call and its
+# argument-tuple hash cost more than building the record.
+_END_REQUESTS: Final[dict[int, bytes]] = {}
+_ENDS_OF_STREAMS: Final[dict[int, bytes]] = {}
+_RECORD_CACHE_SIZE: Final = 256
+
+
 def encode_end_request(request_id: int, app_status: int = 0,
                        protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
-    return encode_record(FCGI_END_REQUEST, request_id,
-                         END_REQUEST_BODY.pack(app_status & 0xFFFFFFFF, protocol_status))
+    app_status &= 0xFFFFFFFF
+    key = (app_status << 24 | protocol_status) << 16 | request_id
+    record = _END_REQUESTS.get(key)
+    if record is None:
+        record = _remember(_END_REQUESTS, key, encode_record(
+            FCGI_END_REQUEST, request_id, END_REQUEST_BODY.pack(app_status, protocol_status)))
+    return record
 
 
-@functools.lru_cache(maxsize=256)
 def encode_end_of_stream(record_type: int, request_id: int) -> bytes:
     """The empty record that ends a stream (STDOUT, STDERR, PARAMS, STDIN, DATA)."""
-    return encode_record(record_type, request_id)
+    key = record_type << 16 | request_id
+    record = _ENDS_OF_STREAMS.get(key)
+    if record is None:
+        record = _remember(_ENDS_OF_STREAMS, key, encode_record(record_type, request_id))
+    return record
+
+
+def _remember(cache: dict[int, bytes], key: int, record: bytes) -> bytes:
+    if len(cache) >= _RECORD_CACHE_SIZE:  # a client cycling through request ids: start over
+        cache.clear()
+    cache[key] = record
+    return record
 
 
 def encode_begin_request(request_id: int, role: int = FCGI_RESPONDER, keep_conn: bool = False) -> bytes:
@@ -517,6 +540,11 @@ class RequestState(enum.Enum):
     DATA = "reading DATA"
     INPUT_COMPLETE = "all input received"
 
+    # Enum's own __hash__ is Python code (hash of the name), and states are
+    # looked up in the tables below on every request; members are singletons,
+    # so the identity hash is the same equivalence, in C.
+    __hash__ = object.__hash__
+
 
 # The empty record that ends the stream being read moves the request on; which
 # state follows depends on the role (spec 6: only a FILTER has a DATA stream).
@@ -571,11 +599,6 @@ def _out_of_order(active: _ActiveRequest, record_type: int) -> ProtocolError:
     return ProtocolError(f"{name} record after the end of the {name} stream")
 
 
-@functools.lru_cache(maxsize=None)
-def _get_values_answers(max_conns: int, max_reqs: int) -> dict[str, str]:
-    return {FCGI_MAX_CONNS: str(max_conns), FCGI_MAX_REQS: str(max_reqs), FCGI_MPXS_CONNS: "0"}
-
-
 _ALL_ROLES: Final = frozenset((FCGI_RESPONDER, FCGI_AUTHORIZER, FCGI_FILTER))
 
 
@@ -592,7 +615,8 @@ class ServerConnection:
                  limits: Limits | None = None) -> None:
         self.limits = limits or _DEFAULT_LIMITS
         self.roles = roles if type(roles) is frozenset else frozenset(roles)  # one set, not one per connection
-        self.values = _get_values_answers(max_conns, max_reqs)
+        self.max_conns = max_conns
+        self.max_reqs = max_reqs
         self._reader = RecordReader()
         self._active: _ActiveRequest | None = None
         self._outgoing: list[bytes] = []
@@ -819,7 +843,8 @@ class ServerConnection:
             # Each known name answered once, whatever a peer repeats: the answer
             # must fit one record.
             names = dict.fromkeys(name for name, _ in decode_pairs(record.content, self.limits))
-            known = [(n.encode("latin-1"), self.values[n].encode("latin-1")) for n in names if n in self.values]
+            values = {FCGI_MAX_CONNS: str(self.max_conns), FCGI_MAX_REQS: str(self.max_reqs), FCGI_MPXS_CONNS: "0"}
+            known = [(n.encode("latin-1"), values[n].encode("latin-1")) for n in names if n in values]
             self._outgoing.append(encode_record(FCGI_GET_VALUES_RESULT, 0, encode_pairs(known)))
         elif record.type in _APPLICATION_TYPES:
             raise ProtocolError(f"record type {record.type} needs a non-zero request id")

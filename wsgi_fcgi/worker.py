@@ -62,6 +62,11 @@ ACCEPT_STREAK: Final = 16  # connections served back to back before the loop che
 CHECK_PEER_INTERVAL = 0.05  # seconds of a streamed response between looks at what the web server sent
 
 
+# Module attributes read per request, copied once: compiled, a Final is a C
+# global, where ``socket.X`` is an attribute lookup on the module each time.
+_MSG_DONTWAIT: Final = int(socket.MSG_DONTWAIT)
+_SOCK_STREAM: Final = int(socket.SOCK_STREAM)
+_SOCKET: Final = _socket.socket
 NOTHING_TO_ACCEPT: Final = object()  # _take_connection: the queue is empty (or accepting paused)
 
 
@@ -92,7 +97,7 @@ class Connection:
         self.idle_since = 0.0
         self._timeval = timeval  # the stall timeout, packed once per worker; b"": none
         # Until the first call that would block, recv/sendmsg do not wait.
-        self._flags = socket.MSG_DONTWAIT if timeval else 0
+        self._flags = _MSG_DONTWAIT if timeval else 0
         self._next_check = 0.0  # check_peer: when it next looks at the socket; 0: not yet timed
 
     def start_request(self, request_id: int) -> None:
@@ -217,7 +222,7 @@ class Connection:
         proto = self.proto
         if not proto.has_buffered_data:
             try:
-                data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+                data = self.sock.recv(RECV_SIZE, _MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -242,7 +247,10 @@ class Connection:
                 if not self._flags:
                     raise
                 sent = 0
-            if sent != sum(map(len, buffers)):
+            total = 0
+            for buffer in buffers:  # (compiled, a loop of C calls; sum(map(len)) looks up two builtins)
+                total += len(buffer)
+            if sent != total:
                 self._send_rest(buffers, sent)
         except (BrokenPipeError, ConnectionResetError, BlockingIOError) as exc:
             raise ClientDisconnected(f"sending the response failed: {exc.strerror or 'timed out'}") from None
@@ -307,7 +315,7 @@ class Connection:
         if proto.ended_input_complete or self._input_end_buffered():
             return True
         try:
-            data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            data = self.sock.recv(RECV_SIZE, _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
@@ -613,7 +621,7 @@ class Worker:
             if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                 return None
             raise
-        sock = _socket.socket(self._families[listener], socket.SOCK_STREAM, 0, fd)
+        sock = _SOCKET(self._families[listener], _SOCK_STREAM, 0, fd)
         if not self.allowed_peers.allows(peer):
             sock.close()
             return None
