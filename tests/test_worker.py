@@ -68,9 +68,9 @@ def test_request_head_and_body_are_read_from_the_socket(pair) -> None:
     head = conn.read_request_head()
     assert head is not None
     assert head.begin == p.BeginRequest(7, p.FCGI_RESPONDER, True)
-    pairs = dict(head.pairs)
-    assert (pairs["REQUEST_METHOD"], pairs["PATH_INFO"], pairs["QUERY_STRING"]) == ("POST", "/upload", "x=1")
-    assert pairs["CONTENT_LENGTH"] == str(len(body))
+    params = head.params
+    assert (params["REQUEST_METHOD"], params["PATH_INFO"], params["QUERY_STRING"]) == ("POST", "/upload", "x=1")
+    assert params["CONTENT_LENGTH"] == str(len(body))
     assert not conn.proto.input_complete
     assert read_body(conn) == body
     assert conn.proto.input_complete  # the empty STDIN record was read

@@ -1,11 +1,13 @@
 """FastCGI PARAMS -> PEP 3333 environ.
 
 Strategy: the web server already did the HTTP parsing, so this module only
-*normalises* what it was told. The PARAMS arrive as latin-1 ``str`` pairs in
-wire order; ``build_environ`` turns them into a fresh dict in one pass
-(``dict(pairs)`` when no name repeats, which is the common case, a merging
-loop otherwise), then applies a fixed list of repairs, each one justified by
-something a real server was seen to send. ``docs/environ.md`` states the rules,
+*normalises* what it was told. The PARAMS arrive as latin-1 ``str`` pairs,
+collected into a dict in which a repeated name kept its last value, plus the
+pairs those repeats replaced (``protocol.collect_pairs``; the worker's decoder
+builds the same in one pass, and ``build_environ`` takes the plain list of
+pairs). That dict becomes the environ: repeated headers are joined, then a
+fixed list of repairs is applied, each one justified by something a real
+server was seen to send. ``docs/environ.md`` states the rules,
 numbered as the comments below are:
 
 * duplicates: ``HTTP_*`` pairs are joined, anything else: the last pair wins;
@@ -31,9 +33,9 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
-from .protocol import ROLE_NAMES
+from .protocol import ROLE_NAMES, collect_pairs
 
-__all__ = ["build_environ", "usable_content_length"]
+__all__ = ["build_environ", "environ_from_params", "usable_content_length"]
 
 # The constant part of every environ; copied into each one with dict.update().
 _WSGI_TEMPLATE: Final[dict[str, object]] = {
@@ -95,10 +97,26 @@ def build_environ(
     request handler adds ``wsgi.input``, ``wsgi.errors`` and
     ``wsgi.file_wrapper``. Never raises for a list of ``(str, str)`` pairs.
     """
-    # 1-2. Decode (done by the caller) and merge: last pair wins, except HTTP_*.
-    env: dict[str, str] = dict(pairs)
-    if len(env) != len(pairs) and _has_repeated_header(pairs):
-        env = _merge_duplicates(pairs)
+    params, replaced = collect_pairs(pairs)
+    return environ_from_params(params, replaced, script_name=script_name, role=role,
+                               multiprocess=multiprocess, multithread=multithread)
+
+
+def environ_from_params(
+    params: dict[str, str],
+    replaced: list[tuple[str, str]],
+    *,
+    script_name: str | None = None,
+    role: int = 1,
+    multiprocess: bool = True,
+    multithread: bool = False,
+) -> dict[str, object]:
+    """``build_environ`` for PARAMS already collected (``protocol.collect_pairs``):
+    ``params`` itself is made into the environ and returned."""
+    # 1-2. Decode and collect (done by the caller: the last pair won), join repeated HTTP_* headers.
+    env = params
+    if replaced:
+        _join_repeated_headers(env, replaced)
 
     # 3. httpoxy: a client "Proxy:" header must never look like a proxy setting;
     # the HTTP_ copies of CONTENT_*, and the keys the handler owns, go too.
@@ -159,36 +177,22 @@ def _is_joined_header(name: str) -> bool:
     return name.startswith("HTTP_") and name != "HTTP_HOST"
 
 
-def _has_repeated_header(pairs: list[tuple[str, str]]) -> bool:
-    """Whether an ``HTTP_*`` name other than HTTP_HOST comes more than once, so
-    that ``_merge_duplicates`` must join it. Other repeated names need nothing
-    more: ``dict(pairs)`` kept the last value, in the first one's place, as
-    ``_merge_duplicates`` does (nginx's documented overrides of SCRIPT_NAME and
-    HTTP_HOST repeat on every request, so this is the common case)."""
-    seen: set[str] = set()
-    for name, _ in pairs:
+def _join_repeated_headers(env: dict[str, str], replaced: list[tuple[str, str]]) -> None:
+    """Repeated names: ``HTTP_*`` values are joined, in wire order, as HTTP
+    does for a repeated header field (``"; "`` for cookies, RFC 9113 8.2.3);
+    any other name keeps its last value, already in ``env``, because nginx
+    sends an included ``fastcgi_param`` and its later override as two pairs
+    (its documented overrides of SCRIPT_NAME and HTTP_HOST repeat on every
+    request). HTTP_HOST is one of those: a client cannot send Host twice
+    (nginx answers 400), but the documented ``fastcgi_param HTTP_HOST
+    $host:$server_port`` override follows Debian's ``HTTP_HOST $host``."""
+    earlier: dict[str, list[str]] = {}
+    for name, value in replaced:
         if _is_joined_header(name):
-            if name in seen:
-                return True
-            seen.add(name)
-    return False
-
-
-def _merge_duplicates(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """Merge repeated names: ``HTTP_*`` values are joined as HTTP does for a
-    repeated header field (``"; "`` for cookies, RFC 9113 8.2.3), and any
-    other name keeps its last value, because nginx sends an included
-    ``fastcgi_param`` and its later override as two pairs. HTTP_HOST is one
-    of those: a client cannot send Host twice (nginx answers 400), but the
-    documented ``fastcgi_param HTTP_HOST $host:$server_port`` override
-    follows Debian's ``HTTP_HOST $host``."""
-    env: dict[str, str] = {}
-    for name, value in pairs:
-        if name in env and _is_joined_header(name):
-            env[name] = env[name] + ("; " if name == "HTTP_COOKIE" else ", ") + value
-        else:
-            env[name] = value
-    return env
+            earlier.setdefault(name, []).append(value)
+    for name, values in earlier.items():
+        values.append(env[name])
+        env[name] = ("; " if name == "HTTP_COOKIE" else ", ").join(values)
 
 
 def _split_path(env: dict[str, str], mount: str | None) -> tuple[str, str]:

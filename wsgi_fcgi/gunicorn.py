@@ -113,10 +113,10 @@ class _HookedHandler(RequestHandler):
         super().__init__(app, **options)
         self.hooks = hooks
 
-    def handle(self, channel: Channel, request_id: int, role: int, pairs: list[tuple[str, str]],
-               on_start: Callable[[str, str], None] | None = None) -> bool:
+    def handle_params(self, channel: Channel, request_id: int, role: int, params: dict[str, str],
+                      replaced: list[tuple[str, str]], on_start: Callable[[str, str], None] | None = None) -> bool:
         try:
-            return super().handle(channel, request_id, role, pairs, on_start)
+            return super().handle_params(channel, request_id, role, params, replaced, on_start)
         finally:
             self.hooks.request_done()
 

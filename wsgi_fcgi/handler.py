@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from . import protocol as p
 from ._compiled import mypyc_attr
-from .environ import build_environ
+from .environ import environ_from_params
 from .logs import AccessLog, describe_request, request_line
 from .status import cgi_response, find_page
 
@@ -334,9 +334,16 @@ class RequestHandler:
         """Run one request to completion. False when the connection can no
         longer be used (peer gone, or cut after an app error). ``on_start`` is
         told the request's method and URI before the app runs (the scoreboard)."""
+        params, replaced = p.collect_pairs(pairs)
+        return self.handle_params(channel, request_id, role, params, replaced, on_start)
+
+    def handle_params(self, channel: Channel, request_id: int, role: int, params: dict[str, str],
+                      replaced: list[tuple[str, str]], on_start: Callable[[str, str], None] | None = None) -> bool:
+        """``handle`` for PARAMS already collected (``protocol.collect_pairs``),
+        as the worker has them; ``params`` becomes the environ."""
         started = time.monotonic() if self.access_log is not None else 0.0
-        environ = build_environ(pairs, script_name=self.script_name, role=role,
-                                multiprocess=self.multiprocess, multithread=self.multithread)
+        environ = environ_from_params(params, replaced, script_name=self.script_name, role=role,
+                                      multiprocess=self.multiprocess, multithread=self.multithread)
         if on_start is not None:
             method, uri = request_line(environ)
             on_start(method, uri)  # (not *args: compiled, that builds a tuple and a generic call)

@@ -142,25 +142,23 @@ class RequestHead:
     complete PARAMS. ``ServerConnection.read_request_head`` takes it in one go;
     from the events, the worker makes one itself. A plain class rather than
     two events: one object per request, whose fields compiled code reads
-    directly."""
+    directly. The PARAMS come collected (``collect_pairs``), not as a list:
+    that is what the environ is made of."""
 
-    __slots__ = ("request_id", "role", "keep_conn", "pairs", "stdin_done")
+    __slots__ = ("request_id", "role", "keep_conn", "params", "replaced", "stdin_done")
 
-    def __init__(self, request_id: int, role: int, keep_conn: bool, pairs: list[tuple[str, str]],
-                 stdin_done: bool = False) -> None:
+    def __init__(self, request_id: int, role: int, keep_conn: bool, params: dict[str, str],
+                 replaced: list[tuple[str, str]], stdin_done: bool = False) -> None:
         self.request_id = request_id
         self.role = role
         self.keep_conn = keep_conn
-        self.pairs = pairs
+        self.params = params  # the PARAMS, as collect_pairs() collects them
+        self.replaced = replaced  # and the pairs their repeats replaced
         self.stdin_done = stdin_done  # the empty STDIN record came too (a request without a body)
 
     @property
     def begin(self) -> BeginRequest:
         return BeginRequest(self.request_id, self.role, self.keep_conn)
-
-    @property
-    def params(self) -> Params:
-        return Params(self.request_id, self.pairs)
 
 
 class StdinData(NamedTuple):
@@ -349,11 +347,42 @@ def encode_params(request_id: int, pairs: Iterable[tuple[bytes, bytes]]) -> byte
 
 
 def decode_pairs(content: bytes | memoryview, limits: Limits | None = None) -> list[tuple[str, str]]:
-    """Decode a complete name-value stream into latin-1 strings (PEP 3333's rule).
+    """Decode a complete name-value stream into latin-1 strings (PEP 3333's
+    rule), in wire order.
 
     Declared lengths are checked against the remaining bytes and ``limits``
     before any slice is taken, so a 4-byte length claiming 2 GiB costs nothing.
     """
+    return _decode_pairs(content, limits, None)
+
+
+def decode_params(content: bytes | memoryview,
+                  limits: Limits | None = None) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The same stream as ``collect_pairs(decode_pairs(content))`` gives it, in
+    one pass: what the worker needs, without a list of pairs in between."""
+    params: dict[str, str] = {}
+    replaced = _decode_pairs(content, limits, params)
+    return params, replaced
+
+
+def collect_pairs(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Pairs as a dict in which a repeated name keeps its last value (in its
+    first place), and the ``(name, value)`` pairs those repeats replaced, in
+    wire order: nothing is lost, and what to make of a repeat is the reader's
+    call (the environ joins repeated headers)."""
+    params: dict[str, str] = {}
+    replaced: list[tuple[str, str]] = []
+    for name, value in pairs:
+        if name in params:
+            replaced.append((name, params[name]))
+        params[name] = value
+    return params, replaced
+
+
+def _decode_pairs(content: bytes | memoryview, limits: Limits | None,
+                  params: dict[str, str] | None) -> list[tuple[str, str]]:
+    """The pairs in a list; with ``params``, collected into it instead (as
+    ``collect_pairs`` does), and the list holds what repeats replaced."""
     limits = limits or _DEFAULT_LIMITS
     # latin-1 maps every byte to one code point, so one decode of the whole
     # buffer lets names and values be sliced out as str, with no per-pair
@@ -364,6 +393,7 @@ def decode_pairs(content: bytes | memoryview, limits: Limits | None = None) -> l
     text = data.decode("latin-1")
     end = len(data)
     pos = 0
+    count = 0
     pairs: list[tuple[str, str]] = []
     max_name = limits.max_name_length
     max_value = limits.max_value_length
@@ -386,12 +416,23 @@ def decode_pairs(content: bytes | memoryview, limits: Limits | None = None) -> l
             if value_end > end or name_len > max_name or value_len > max_value:
                 _explain_bad_pair(name_len, value_len, limits)
                 raise ProtocolError("name-value pair runs past the end of the stream")
-            pairs.append((text[pos:value_start], text[value_start:value_end]))
+            name = text[pos:value_start]
+            value = text[value_start:value_end]
+            if params is None:
+                pairs.append((name, value))
+            else:
+                # one hash lookup for a new name; a repeat keeps its first place
+                size = len(params)
+                current = params.setdefault(name, value)
+                if len(params) == size:
+                    pairs.append((name, current))
+                    params[name] = value
+            count += 1
             pos = value_end
     except IndexError:
         raise ProtocolError("truncated length in name-value pair") from None
     # Checked once at the end: the stream's size, already capped, bounds the count meanwhile.
-    if len(pairs) > limits.max_params_count:
+    if count > limits.max_params_count:
         raise ProtocolError(f"more than {limits.max_params_count} parameters")
     return pairs
 
@@ -706,8 +747,9 @@ class ServerConnection:
         request without a body, the empty STDIN record. When the buffer starts
         with exactly that, this takes it in one walk over the buffer, with no
         Record or event objects, and returns what ``next_event`` would have
-        returned for it (the BeginRequest, the Params and whether the StdinEnd
-        came too), leaving the same state behind. For anything else -- no active
+        returned for it (the BeginRequest, the Params' pairs as ``collect_pairs``
+        collects them, and whether the StdinEnd came too), leaving the same
+        state behind. For anything else -- no active
         request allowed, a record not yet complete, a management record, an
         unsupported role, PARAMS over the limit or malformed -- it returns None
         and takes nothing, and ``next_event`` handles it the general way. Tests pin the two
@@ -754,7 +796,7 @@ class ServerConnection:
                 return None
             chunks.append(buf[start:start + length])
         try:
-            pairs = decode_pairs(chunks[0] if len(chunks) == 1 else b"".join(chunks), self.limits)
+            params, replaced = decode_params(chunks[0] if len(chunks) == 1 else b"".join(chunks), self.limits)
         except ProtocolError:
             return None  # next_event raises it, after the BeginRequest event, as always
         active = self._active = _ActiveRequest(rid, role, _NEXT_STATE[role, RequestState.PARAMS])
@@ -768,7 +810,7 @@ class ServerConnection:
                 active.end_stream()
                 stdin_done = True
         reader.advance(pos)
-        return RequestHead(rid, role, bool(flags & FCGI_KEEP_CONN), pairs, stdin_done)
+        return RequestHead(rid, role, bool(flags & FCGI_KEEP_CONN), params, replaced, stdin_done)
 
     def read_stdin_chunk(self) -> Any:
         """The fast path for the body: the content of the next record when it is

@@ -817,7 +817,8 @@ class Worker:
             if isinstance(event, p.BeginRequest):
                 begin = event
             elif isinstance(event, p.Params) and begin is not None:
-                return p.RequestHead(begin.request_id, begin.role, begin.keep_conn, event.pairs)
+                params, replaced = p.collect_pairs(event.pairs)
+                return p.RequestHead(begin.request_id, begin.role, begin.keep_conn, params, replaced)
             elif isinstance(event, p.AbortRequest) and begin is not None:
                 # Aborted before it started: answer at once, as the spec asks.
                 conn.start_request(begin.request_id)
@@ -827,7 +828,8 @@ class Worker:
     def _run_request(self, conn: Connection, head: p.RequestHead, slot: Slot) -> bool:
         conn.start_request(head.request_id)
         try:
-            return self.handler.handle(conn, head.request_id, head.role, head.pairs, slot.begin)
+            return self.handler.handle_params(conn, head.request_id, head.role, head.params, head.replaced,
+                                              slot.begin)
         finally:
             self._count_request(slot)
 
