@@ -72,6 +72,7 @@ HEADER: Final = struct.Struct("!BBHHBx")
 BEGIN_REQUEST_BODY: Final = struct.Struct("!HB5x")
 END_REQUEST_BODY: Final = struct.Struct("!IB3x")
 UNKNOWN_TYPE_BODY: Final = struct.Struct("!B7x")
+BEGIN_REQUEST_RECORD: Final = struct.Struct("!BBHHBxHB5x")  # header and body: one unpack call, not two
 
 PADDING: Final = bytes(7)  # what records are padded with
 _APPLICATION_TYPES: Final = frozenset(
@@ -769,12 +770,11 @@ class ServerConnection:
         length: int
         padding: int
         record_id: int
-        version, rtype, rid, length, padding = HEADER.unpack_from(buf, pos)
-        if version != FCGI_VERSION_1 or rtype != FCGI_BEGIN_REQUEST or not rid or length != 8:
-            return None
         role: int
         flags: int
-        role, flags = BEGIN_REQUEST_BODY.unpack_from(buf, pos + FCGI_HEADER_LEN)
+        version, rtype, rid, length, padding, role, flags = BEGIN_REQUEST_RECORD.unpack_from(buf, pos)
+        if version != FCGI_VERSION_1 or rtype != FCGI_BEGIN_REQUEST or not rid or length != 8:
+            return None
         pos += FCGI_HEADER_LEN + 8 + padding
         if role not in self.roles:
             return None
@@ -801,14 +801,13 @@ class ServerConnection:
             return None  # next_event raises it, after the BeginRequest event, as always
         active = self._active = _ActiveRequest(rid, role, _NEXT_STATE[role, RequestState.PARAMS])
         stdin_done = False
-        if end - pos >= FCGI_HEADER_LEN and active.state is RequestState.STDIN:
-            # the empty STDIN record of a request without a body
-            version, rtype, record_id, length, padding = HEADER.unpack_from(buf, pos)
-            if rtype == FCGI_STDIN and record_id == rid and not length and version == FCGI_VERSION_1 \
-                    and pos + FCGI_HEADER_LEN + padding <= end:
-                pos += FCGI_HEADER_LEN + padding
-                active.end_stream()
-                stdin_done = True
+        if active.state is RequestState.STDIN \
+                and buf[pos:pos + FCGI_HEADER_LEN] == encode_end_of_stream(FCGI_STDIN, rid):
+            # the empty STDIN record of a request without a body (compared as
+            # bytes: cheaper than unpacking; one with padding is left to next_event)
+            pos += FCGI_HEADER_LEN
+            active.end_stream()
+            stdin_done = True
         reader.advance(pos)
         return RequestHead(rid, role, bool(flags & FCGI_KEEP_CONN), params, replaced, stdin_done)
 
