@@ -7,9 +7,12 @@ On a shared virtual machine wall and CPU times move by tens of percent from
 one run to the next; the number of user-space instructions a worker executes
 per request does not (to a few tenths of a percent). This counts them: one
 worker (``-w 1``) under ``valgrind --tool=callgrind``, a warm-up, then N
-sequential requests from fcgiload's request bytes (what nginx sends), and
+sequential requests from fcgiload's request bytes (what nginx sends), each
+sent once the backend sleeps (an idle server: every request takes the same
+path through accept and poll), and
 the same with N+K; the difference over K is per request, start-up and
-shutdown cancelled out. Kernel work (the syscalls) is not in it: run.py
+shutdown cancelled out; Python's string hashing runs with a fixed seed
+(PYTHONHASHSEED=0), which makes the count repeat. Kernel work (the syscalls) is not in it: run.py
 measures CPU time. ``--keep`` keeps the callgrind files, for
 ``callgrind_annotate --inclusive=yes FILE``. WSGI_FCGI_PURE_PYTHON=1 in the
 environment counts the pure-Python form of a compiled build.
@@ -53,7 +56,9 @@ def count(backend: str, app: str, path: str, requests: int, src: str, keep: Opti
     """Instructions of the worker process over ``requests`` requests (plus start-up)."""
     work = tempfile.mkdtemp(prefix="wsgi_fcgi-instructions-")
     sock = os.path.join(work, "s.sock")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(BENCH)]))
+    # A fixed string-hash seed: with a random one, dict probe sequences (and so the
+    # count) differ from one run to the next by a percent or two.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(BENCH)]), PYTHONHASHSEED="0")
     argv = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--trace-children=yes",
             f"--callgrind-out-file={work}/cg.%p"] + command(backend, sock, app)
     log = open(os.path.join(work, "log"), "w")
@@ -62,6 +67,7 @@ def count(backend: str, app: str, path: str, requests: int, src: str, keep: Opti
         request = fcgiload.build_request(path, body)
         _wait_until_serving(sock, request, proc)
         for _ in range(requests):
+            _wait_until_asleep(proc.pid)
             ok, _, _ = fcgiload.one_request(sock, request, timeout=60)
             if not ok:
                 raise SystemExit(f"{backend}: a request failed")
@@ -94,6 +100,36 @@ def _wait_until_serving(sock: str, request: bytes, proc: "subprocess.Popen[bytes
             pass
         time.sleep(0.2)  # polling for start-up, with a deadline
     raise SystemExit("the backend did not serve within 120 s")
+
+
+def _wait_until_asleep(pgid: int) -> None:
+    """Until every process of the backend sleeps (in its poll or accept): each
+    request then finds the server idle and takes the same path. Sent as soon as
+    the last response is read, a request would race the worker's next accept,
+    and the count would move by thousands of instructions per request with the
+    share of requests that find it still running."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if all(state in "SID" for state in _states(pgid)):
+            return
+        time.sleep(0.0005)  # polling /proc, with a deadline
+    raise SystemExit("the backend did not go idle within 60 s")
+
+
+def _states(pgid: int) -> List[str]:
+    """The state letter (/proc/PID/stat) of each process in process group ``pgid``."""
+    states = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:
+            states.append(fields[0])
+    return states
 
 
 def _stop(proc: "subprocess.Popen[bytes]") -> None:
