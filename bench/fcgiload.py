@@ -67,12 +67,12 @@ def one_request(sock_path: str, request: bytes, timeout: float = 30.0) -> Tuple[
     try:
         sock.connect(sock_path)
         sock.sendall(request)
-        return _read_response(sock)
+        return read_response(sock)
     finally:
         sock.close()
 
 
-def _read_response(sock: socket.socket) -> Tuple[bool, int, bytes]:
+def read_response(sock: socket.socket) -> Tuple[bool, int, bytes]:
     """Walk the records in place (recv_into one buffer; content is skipped, not
     copied, except the first 256 bytes of STDOUT) until END_REQUEST: the client
     must cost little next to a 1 MiB response. Headers and content may arrive

@@ -2,20 +2,24 @@
 
     bench/.venv/bin/python bench/instructions.py [--backends wsgi_fcgi,uwsgi,libfcgi-c] [--paths /hello]
                                                  [--app flaskapp:app --paths /] [--src DIR] [-n 1000]
+                                                 [--queued] [--keep DIR]
 
 On a shared virtual machine wall and CPU times move by tens of percent from
 one run to the next; the number of user-space instructions a worker executes
-per request does not (to a few tenths of a percent). This counts them: one
-worker (``-w 1``) under ``valgrind --tool=callgrind``, a warm-up, then N
-sequential requests from fcgiload's request bytes (what nginx sends), each
-sent once the backend sleeps (an idle server: every request takes the same
-path through accept and poll), and
-the same with N+K; the difference over K is per request, start-up and
-shutdown cancelled out; Python's string hashing runs with a fixed seed
-(PYTHONHASHSEED=0), which makes the count repeat. Kernel work (the syscalls) is not in it: run.py
-measures CPU time. ``--keep`` keeps the callgrind files, for
-``callgrind_annotate --inclusive=yes FILE``. WSGI_FCGI_PURE_PYTHON=1 in the
-environment counts the pure-Python form of a compiled build.
+per request does not. This counts them: one worker (``-w 1``) under
+``valgrind --tool=callgrind``, a warm-up, then N sequential requests from
+fcgiload's request bytes (what nginx sends), and the same with N+K; the
+difference over K is per request, start-up and shutdown cancelled out.
+
+Each request is sent once the backend sleeps: an idle server, every request
+taking the same path through accept and epoll. With ``--queued``, the next
+request is sent while one is served: a loaded server's path, the next
+connection already waiting when the worker looks (repeats exactly). Python's
+string hashing runs with a fixed seed (PYTHONHASHSEED=0). Kernel work (the
+syscalls) is not in it: run.py measures CPU time. ``--keep`` keeps the
+callgrind files, for ``callgrind_annotate --inclusive=yes FILE``.
+WSGI_FCGI_PURE_PYTHON=1 in the environment counts the pure-Python form of a
+compiled build.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +57,7 @@ def command(backend: str, sock: str, app: str) -> List[str]:
 
 
 def count(backend: str, app: str, path: str, requests: int, src: str, keep: Optional[str],
-          body: int = 0) -> Tuple[int, str]:
+          body: int = 0, queued: bool = False) -> Tuple[int, str]:
     """Instructions of the worker process over ``requests`` requests (plus start-up)."""
     work = tempfile.mkdtemp(prefix="wsgi_fcgi-instructions-")
     sock = os.path.join(work, "s.sock")
@@ -66,11 +71,13 @@ def count(backend: str, app: str, path: str, requests: int, src: str, keep: Opti
     try:
         request = fcgiload.build_request(path, body)
         _wait_until_serving(sock, request, proc)
-        for _ in range(requests):
-            _wait_until_asleep(proc.pid)
-            ok, _, _ = fcgiload.one_request(sock, request, timeout=60)
-            if not ok:
-                raise SystemExit(f"{backend}: a request failed")
+        if queued:
+            _send_queued(sock, request, requests, backend)
+        else:
+            for _ in range(requests):
+                _wait_until_asleep(proc.pid)
+                if not fcgiload.one_request(sock, request, timeout=60)[0]:
+                    raise SystemExit(f"{backend}: a request failed")
         if backend == "libfcgi-c":
             # the responder dies of SIGTERM before callgrind writes: dump its counts first
             subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True,
@@ -100,6 +107,30 @@ def _wait_until_serving(sock: str, request: bytes, proc: "subprocess.Popen[bytes
             pass
         time.sleep(0.2)  # polling for start-up, with a deadline
     raise SystemExit("the backend did not serve within 120 s")
+
+
+def _send_queued(sock_path: str, request: bytes, requests: int, backend: str) -> None:
+    """``requests`` requests, the next one always connected and sent before the
+    current response is read: the backend (slowed down fifty times by
+    valgrind) finds a connection queued whenever it is done with one, as a
+    server under load does."""
+    def send() -> socket.socket:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(60)
+        conn.connect(sock_path)
+        conn.sendall(request)
+        return conn
+
+    current = send()
+    for i in range(requests):
+        following = send() if i + 1 < requests else None
+        try:
+            if not fcgiload.read_response(current)[0]:
+                raise SystemExit(f"{backend}: a request failed")
+        finally:
+            current.close()
+        if following is not None:
+            current = following
 
 
 def _wait_until_asleep(pgid: int) -> None:
@@ -169,15 +200,18 @@ def main() -> None:
     ap.add_argument("--body", type=int, default=0, help="POST a body of this many bytes (/post_1m: 1048576)")
     ap.add_argument("--src", default=str(BENCH.parent), help="directory holding the wsgi_fcgi package")
     ap.add_argument("-n", "--requests", type=int, default=1000, help="K, the requests counted (default 1000)")
+    ap.add_argument("--queued", action="store_true",
+                    help="a request always queued behind the one being served (a loaded server's path) "
+                         "instead of each sent to an idle backend")
     ap.add_argument("--keep", metavar="DIR", help="keep both runs' callgrind files here")
     args = ap.parse_args()
     warmup = 100
     print("| backend | app | path | instructions/request |\n|---|---|---|---|")
     for path in args.paths.split(","):
         for backend in args.backends.split(","):
-            low, _ = count(backend, args.app, path, warmup, args.src, args.keep, args.body)
+            low, _ = count(backend, args.app, path, warmup, args.src, args.keep, args.body, args.queued)
             high, name = count(backend, args.app, path, warmup + args.requests, args.src, args.keep,
-                               args.body)
+                               args.body, args.queued)
             label = backend + (" (pure Python)" if backend == "wsgi_fcgi" and os.environ.get(
                 "WSGI_FCGI_PURE_PYTHON", "") not in ("", "0") else "")
             print(f"| {label} | {args.app} | {path} | {(high - low) / args.requests:,.0f} |", flush=True)
