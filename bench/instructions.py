@@ -67,7 +67,9 @@ def count(backend: str, app: str, path: str, requests: int, src: str, keep: Opti
     argv = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--trace-children=yes",
             f"--callgrind-out-file={work}/cg.%p"] + command(backend, sock, app)
     log = open(os.path.join(work, "log"), "w")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
+    # cwd: ``python -m`` puts the working directory first on sys.path, ahead of
+    # PYTHONPATH; from a checkout, that checkout's package would be counted, not --src's.
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True, cwd=work)
     try:
         request = fcgiload.build_request(path, body)
         _wait_until_serving(sock, request, proc)
