@@ -1397,3 +1397,13 @@ def test_stdin_after_its_end_while_the_app_runs_is_a_protocol_error() -> None:
     conn.receive_data(rec(FCGI_STDIN, 1, b"") + rec(FCGI_STDIN, 1, b"late"))
     with pytest.raises(ProtocolError, match="after the end of the STDIN stream"):
         conn.next_event_during_response()
+
+
+def test_end_records_are_built_once_and_out_of_range_fields_still_raise() -> None:
+    assert p.encode_end_request(1) is p.encode_end_request(1)  # cached: the same record each request
+    assert p.encode_end_request(1, 0, 1) == rec(p.FCGI_END_REQUEST, 1, p.END_REQUEST_BODY.pack(0, 1))
+    assert p.encode_end_of_stream(p.FCGI_STDOUT, 2) == rec(p.FCGI_STDOUT, 2)
+    for bad in (lambda: p.encode_end_request(0x10001), lambda: p.encode_end_request(1, 0, 0x100),
+                lambda: p.encode_end_of_stream(p.FCGI_STDOUT, 0x10001)):
+        with pytest.raises(struct.error):  # never a cached record of other fields
+            bad()

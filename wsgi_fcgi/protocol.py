@@ -296,7 +296,9 @@ _RECORD_CACHE_SIZE: Final = 256
 def encode_end_request(request_id: int, app_status: int = 0,
                        protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
     app_status &= 0xFFFFFFFF
-    key = (app_status << 24 | protocol_status) << 16 | request_id
+    if not (0 <= request_id <= 0xFFFF and 0 <= protocol_status <= 0xFF):  # (not cached: struct raises)
+        return encode_record(FCGI_END_REQUEST, request_id, END_REQUEST_BODY.pack(app_status, protocol_status))
+    key = (app_status << 8 | protocol_status) << 16 | request_id
     record = _END_REQUESTS.get(key)
     if record is None:
         record = _remember(_END_REQUESTS, key, encode_record(
@@ -306,6 +308,8 @@ def encode_end_request(request_id: int, app_status: int = 0,
 
 def encode_end_of_stream(record_type: int, request_id: int) -> bytes:
     """The empty record that ends a stream (STDOUT, STDERR, PARAMS, STDIN, DATA)."""
+    if not (0 <= request_id <= 0xFFFF and 0 <= record_type <= 0xFF):  # (not cached: struct raises)
+        return encode_record(record_type, request_id)
     key = record_type << 16 | request_id
     record = _ENDS_OF_STREAMS.get(key)
     if record is None:
