@@ -296,32 +296,38 @@ _RECORD_CACHE_SIZE: Final = 256
 def encode_end_request(request_id: int, app_status: int = 0,
                        protocol_status: int = FCGI_REQUEST_COMPLETE) -> bytes:
     app_status &= 0xFFFFFFFF
-    if not (0 <= request_id <= 0xFFFF and 0 <= protocol_status <= 0xFF):  # (not cached: struct raises)
-        return encode_record(FCGI_END_REQUEST, request_id, END_REQUEST_BODY.pack(app_status, protocol_status))
-    key = (app_status << 8 | protocol_status) << 16 | request_id
+    key = _cache_key(request_id, protocol_status, app_status)
     record = _END_REQUESTS.get(key)
     if record is None:
-        record = _remember(_END_REQUESTS, key, encode_record(
-            FCGI_END_REQUEST, request_id, END_REQUEST_BODY.pack(app_status, protocol_status)))
+        record = encode_record(FCGI_END_REQUEST, request_id, END_REQUEST_BODY.pack(app_status, protocol_status))
+        _remember(_END_REQUESTS, key, record)
     return record
 
 
 def encode_end_of_stream(record_type: int, request_id: int) -> bytes:
     """The empty record that ends a stream (STDOUT, STDERR, PARAMS, STDIN, DATA)."""
-    if not (0 <= request_id <= 0xFFFF and 0 <= record_type <= 0xFF):  # (not cached: struct raises)
-        return encode_record(record_type, request_id)
-    key = record_type << 16 | request_id
+    key = _cache_key(request_id, record_type)
     record = _ENDS_OF_STREAMS.get(key)
     if record is None:
-        record = _remember(_ENDS_OF_STREAMS, key, encode_record(record_type, request_id))
+        record = encode_record(record_type, request_id)
+        _remember(_ENDS_OF_STREAMS, key, record)
     return record
 
 
-def _remember(cache: dict[int, bytes], key: int, record: bytes) -> bytes:
+def _cache_key(request_id: int, small: int, high: int = 0) -> int:
+    """One int for a record's fields (a 16-bit id, an 8-bit field, any ``high``
+    bits); -1, never cached, when they do not fit the wire (struct then raises)."""
+    if not (0 <= request_id <= 0xFFFF and 0 <= small <= 0xFF):
+        return -1
+    return (high << 8 | small) << 16 | request_id
+
+
+def _remember(cache: dict[int, bytes], key: int, record: bytes) -> None:
+    if key < 0:
+        return
     if len(cache) >= _RECORD_CACHE_SIZE:  # a client cycling through request ids: start over
         cache.clear()
     cache[key] = record
-    return record
 
 
 def encode_begin_request(request_id: int, role: int = FCGI_RESPONDER, keep_conn: bool = False) -> bytes:
