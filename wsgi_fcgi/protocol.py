@@ -830,15 +830,21 @@ class ServerConnection:
         tests as ``read_request_head``."""
         reader = self._reader
         buf, pos = reader.window()
-        if len(buf) - pos < FCGI_HEADER_LEN:
+        end: int = len(buf)
+        if end - pos < FCGI_HEADER_LEN:
             return NEED_DATA if not reader.buffered and not reader.eof else None
+        version: int  # declared int, as in read_request_head: C integers when compiled
+        rtype: int
+        rid: int
+        length: int
+        padding: int
         version, rtype, rid, length, padding = HEADER.unpack_from(buf, pos)
         active = self._active
         if rtype != FCGI_STDIN or not length or version != FCGI_VERSION_1 or active is None \
                 or rid != active.request_id or active.state is not RequestState.STDIN:
             return None
         size = FCGI_HEADER_LEN + length + padding
-        if pos + size > len(buf):  # the record goes on in chunks received after this one
+        if pos + size > end:  # the record goes on in chunks received after this one
             if reader.buffered < size:
                 return NEED_DATA if not reader.eof else None
             buf, pos = reader.contiguous(size)

@@ -151,6 +151,9 @@ class Connection:
     def read_stdin(self) -> Chunk:
         if not self.proto.stream_open(p.FCGI_STDIN):
             return b""
+        chunk = self.proto.read_stdin_chunk()
+        if type(chunk) is memoryview:  # a body record already received: the common case, taken at once
+            return chunk
         return self._read_stream(p.StdinData, self.proto.read_stdin_chunk)
 
     def read_data(self) -> Chunk:
