@@ -2,7 +2,7 @@
 
     bench/.venv/bin/python bench/instructions.py [--backends wsgi_fcgi,uwsgi,libfcgi-c] [--paths /hello]
                                                  [--app flaskapp:app --paths /] [--src DIR] [-n 1000]
-                                                 [--queued] [--keep DIR]
+                                                 [--queued] [--cache-sim] [--keep DIR]
 
 On a shared virtual machine wall and CPU times move by tens of percent from
 one run to the next; the number of user-space instructions a worker executes
@@ -18,6 +18,9 @@ connection already waiting when the worker looks (repeats exactly). Python's
 string hashing runs with a fixed seed (PYTHONHASHSEED=0). Kernel work (the
 syscalls) is not in it: run.py measures CPU time. ``--keep`` keeps the
 callgrind files, for ``callgrind_annotate --inclusive=yes FILE``.
+``--cache-sim`` adds valgrind's simulated first-level cache misses per request
+(instruction and data; the cache sizes are this CPU's): where two backends run
+about as many instructions but one takes longer, this is usually why.
 WSGI_FCGI_PURE_PYTHON=1 in the environment counts the pure-Python form of a
 compiled build.
 """
@@ -57,14 +60,16 @@ def command(backend: str, sock: str, app: str) -> List[str]:
 
 
 def count(backend: str, app: str, path: str, requests: int, src: str, keep: Optional[str],
-          body: int = 0, queued: bool = False) -> Tuple[int, str]:
-    """Instructions of the worker process over ``requests`` requests (plus start-up)."""
+          body: int = 0, queued: bool = False, cache_sim: bool = False) -> Tuple[Dict[str, int], str]:
+    """The worker process's callgrind event totals (Ir: instructions; with
+    ``cache_sim``, I1mr, D1mr, D1mw too) over ``requests`` requests (plus start-up)."""
     work = tempfile.mkdtemp(prefix="wsgi_fcgi-instructions-")
     sock = os.path.join(work, "s.sock")
     # A fixed string-hash seed: with a random one, dict probe sequences (and so the
     # count) differ from one run to the next by a percent or two.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(BENCH)]), PYTHONHASHSEED="0")
     argv = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--trace-children=yes",
+            f"--cache-sim={'yes' if cache_sim else 'no'}",
             f"--callgrind-out-file={work}/cg.%p"] + command(backend, sock, app)
     log = open(os.path.join(work, "log"), "w")
     # cwd: ``python -m`` puts the working directory first on sys.path, ahead of
@@ -176,21 +181,25 @@ def _stop(proc: "subprocess.Popen[bytes]") -> None:
         proc.wait()
 
 
-def _worker_totals(work: str, master_pid: int, backend: str) -> Tuple[int, str]:
-    """The callgrind file of the process that served: the master's own file is
-    skipped, except for libfcgi-c, where spawn-fcgi -n execs the responder."""
-    found: Dict[str, int] = {}
+def _worker_totals(work: str, master_pid: int, backend: str) -> Tuple[Dict[str, int], str]:
+    """The event totals and callgrind file of the process that served: the master's
+    own file is skipped, except for libfcgi-c, where spawn-fcgi -n execs the responder."""
+    found: Dict[str, Dict[str, int]] = {}
     for name in glob.glob(os.path.join(work, "cg.*")):
         if name.endswith(f".{master_pid}") and backend != "libfcgi-c":
             continue
+        events: List[str] = []
         with open(name) as f:
             for line in f:
-                if line.startswith(("summary:", "totals:")):
-                    found[name] = int(line.split()[1])
+                if line.startswith("events:"):
+                    events = line.split()[1:]
+                elif line.startswith(("summary:", "totals:")):
+                    # strict=False: callgrind may leave trailing zero counts out
+                    found[name] = dict(zip(events, map(int, line.split()[1:]), strict=False))
                     break
     if not found:
         raise SystemExit(f"no callgrind output from a {backend} worker in {work}")
-    name = max(found, key=lambda n: found[n])  # the worker, not a short-lived helper process
+    name = max(found, key=lambda n: found[n]["Ir"])  # the worker, not a short-lived helper process
     return found[name], name
 
 
@@ -205,18 +214,27 @@ def main() -> None:
     ap.add_argument("--queued", action="store_true",
                     help="a request always queued behind the one being served (a loaded server's path) "
                          "instead of each sent to an idle backend")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="also count simulated L1 instruction and data cache misses per request")
     ap.add_argument("--keep", metavar="DIR", help="keep both runs' callgrind files here")
     args = ap.parse_args()
     warmup = 100
-    print("| backend | app | path | instructions/request |\n|---|---|---|---|")
+    columns = ["instructions/request"] + (["L1i misses/request", "L1d misses/request"] if args.cache_sim else [])
+    print("| backend | app | path | " + " | ".join(columns) + " |\n|---|---|---|" + "---|" * len(columns))
     for path in args.paths.split(","):
         for backend in args.backends.split(","):
-            low, _ = count(backend, args.app, path, warmup, args.src, args.keep, args.body, args.queued)
+            low, _ = count(backend, args.app, path, warmup, args.src, args.keep, args.body, args.queued,
+                           args.cache_sim)
             high, name = count(backend, args.app, path, warmup + args.requests, args.src, args.keep,
-                               args.body, args.queued)
+                               args.body, args.queued, args.cache_sim)
+            per_request = {event: (high[event] - low.get(event, 0)) / args.requests for event in high}
+            figures = [per_request["Ir"]]
+            if args.cache_sim:
+                figures += [per_request.get("I1mr", 0), per_request.get("D1mr", 0) + per_request.get("D1mw", 0)]
             label = backend + (" (pure Python)" if backend == "wsgi_fcgi" and os.environ.get(
                 "WSGI_FCGI_PURE_PYTHON", "") not in ("", "0") else "")
-            print(f"| {label} | {args.app} | {path} | {(high - low) / args.requests:,.0f} |", flush=True)
+            print(f"| {label} | {args.app} | {path} | " + " | ".join(f"{x:,.0f}" for x in figures) + " |",
+                  flush=True)
             if args.keep:
                 print(f"<!-- {name} -->", flush=True)
 
