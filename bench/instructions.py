@@ -19,8 +19,9 @@ string hashing runs with a fixed seed (PYTHONHASHSEED=0). Kernel work (the
 syscalls) is not in it: run.py measures CPU time. ``--keep`` keeps the
 callgrind files, for ``callgrind_annotate --inclusive=yes FILE``.
 ``--cache-sim`` adds valgrind's simulated first-level cache misses per request
-(instruction and data; the cache sizes are this CPU's): where two backends run
-about as many instructions but one takes longer, this is usually why.
+(instruction and data; the cache sizes are this CPU's) and mispredicted
+branches (conditional and indirect): where two backends run about as many
+instructions but one takes longer, these are the usual reasons.
 WSGI_FCGI_PURE_PYTHON=1 in the environment counts the pure-Python form of a
 compiled build.
 """
@@ -62,14 +63,14 @@ def command(backend: str, sock: str, app: str) -> List[str]:
 def count(backend: str, app: str, path: str, requests: int, src: str, keep: Optional[str],
           body: int = 0, queued: bool = False, cache_sim: bool = False) -> Tuple[Dict[str, int], str]:
     """The worker process's callgrind event totals (Ir: instructions; with
-    ``cache_sim``, I1mr, D1mr, D1mw too) over ``requests`` requests (plus start-up)."""
+    ``cache_sim``, I1mr, D1mr, D1mw, Bcm, Bim too) over ``requests`` requests (plus start-up)."""
     work = tempfile.mkdtemp(prefix="wsgi_fcgi-instructions-")
     sock = os.path.join(work, "s.sock")
     # A fixed string-hash seed: with a random one, dict probe sequences (and so the
     # count) differ from one run to the next by a percent or two.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(BENCH)]), PYTHONHASHSEED="0")
     argv = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--trace-children=yes",
-            f"--cache-sim={'yes' if cache_sim else 'no'}",
+            f"--cache-sim={'yes' if cache_sim else 'no'}", f"--branch-sim={'yes' if cache_sim else 'no'}",
             f"--callgrind-out-file={work}/cg.%p"] + command(backend, sock, app)
     log = open(os.path.join(work, "log"), "w")
     # cwd: ``python -m`` puts the working directory first on sys.path, ahead of
@@ -215,11 +216,12 @@ def main() -> None:
                     help="a request always queued behind the one being served (a loaded server's path) "
                          "instead of each sent to an idle backend")
     ap.add_argument("--cache-sim", action="store_true",
-                    help="also count simulated L1 instruction and data cache misses per request")
+                    help="also count simulated L1 cache misses and mispredicted branches per request")
     ap.add_argument("--keep", metavar="DIR", help="keep both runs' callgrind files here")
     args = ap.parse_args()
     warmup = 100
-    columns = ["instructions/request"] + (["L1i misses/request", "L1d misses/request"] if args.cache_sim else [])
+    columns = ["instructions/request"] + (["L1i misses/request", "L1d misses/request",
+                                           "mispredicted branches/request"] if args.cache_sim else [])
     print("| backend | app | path | " + " | ".join(columns) + " |\n|---|---|---|" + "---|" * len(columns))
     for path in args.paths.split(","):
         for backend in args.backends.split(","):
@@ -230,7 +232,8 @@ def main() -> None:
             per_request = {event: (high[event] - low.get(event, 0)) / args.requests for event in high}
             figures = [per_request["Ir"]]
             if args.cache_sim:
-                figures += [per_request.get("I1mr", 0), per_request.get("D1mr", 0) + per_request.get("D1mw", 0)]
+                figures += [per_request.get("I1mr", 0), per_request.get("D1mr", 0) + per_request.get("D1mw", 0),
+                            per_request.get("Bcm", 0) + per_request.get("Bim", 0)]
             label = backend + (" (pure Python)" if backend == "wsgi_fcgi" and os.environ.get(
                 "WSGI_FCGI_PURE_PYTHON", "") not in ("", "0") else "")
             print(f"| {label} | {args.app} | {path} | " + " | ".join(f"{x:,.0f}" for x in figures) + " |",
