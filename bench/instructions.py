@@ -45,6 +45,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 import fcgiload  # noqa: E402  (needs the path above)
+import rss  # noqa: E402
 
 VENV = BENCH / ".venv"
 
@@ -157,18 +158,7 @@ def _wait_until_asleep(pgid: int) -> None:
 
 def _states(pgid: int) -> List[str]:
     """The state letter (/proc/PID/stat) of each process in process group ``pgid``."""
-    states = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[2]) == pgid:
-            states.append(fields[0])
-    return states
+    return [fields[0] for _, fields in rss.proc_stats() if int(fields[2]) == pgid]
 
 
 def _stop(proc: "subprocess.Popen[bytes]") -> None:

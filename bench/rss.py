@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -59,19 +59,21 @@ def gunicorn_argv(python: str, sock: str, app: str, extra: List[str]) -> List[st
             "--worker-class", "sync", "--log-level", "warning", *extra, app]
 
 
-def children(pid: int) -> List[int]:
-    out = []
+def proc_stats() -> Iterator[Tuple[int, List[str]]]:
+    """(pid, the /proc/PID/stat fields after the command name) of every process:
+    [0] is the state letter, [1] the parent pid, [2] the process group."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid:  # field 4, ppid
-            out.append(int(entry))
-    return sorted(out)
+            continue  # gone meanwhile
+        yield int(entry), stat[stat.rindex(")") + 2:].split()
+
+
+def children(pid: int) -> List[int]:
+    return sorted(child for child, fields in proc_stats() if int(fields[1]) == pid)
 
 
 def memory(pid: int) -> Tuple[float, float, float]:
